@@ -1,0 +1,16 @@
+"""ComfyUI entry point for the LoRA Train & Distribute extension (the folder is also the `lora_train` CLI's home)."""
+
+import os
+import sys
+
+# ComfyUI imports this folder as a package under its own name; make `lora_train` importable as a top-level
+# package too, so the nodes and the CLI share one core.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if _HERE not in sys.path:
+    sys.path.insert(0, _HERE)
+
+from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS  # noqa: E402
+
+WEB_DIRECTORY = "./web"
+
+__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]

@@ -1,0 +1,76 @@
+"""Fixtures that run a real ComfyUI (the pinned host from lora_train.devhost) with this extension linked in."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lora_train import devhost
+from lora_train.devserver import ComfyServer
+from lora_train.host.tiny_models import TINY_SD15_NAME
+
+
+@pytest.fixture(scope="session")
+def host() -> devhost.Host:
+    """The pinned ComfyUI tree and venv (built on first use, seconds afterwards)."""
+    return devhost.setup_host()
+
+
+@pytest.fixture(scope="session")
+def tiny_models_dir(host: devhost.Host) -> Path:
+    """Cached folder holding `checkpoints/tiny_sd15.safetensors`, generated once from a fixed seed."""
+    models = devhost.cache_dir() / "models"
+    if not (models / "checkpoints" / TINY_SD15_NAME).is_file():
+        subprocess.run(
+            [str(host.python), "-c",
+             "import sys; sys.path.insert(0, sys.argv[1]);"
+             "from lora_train.host.bootstrap import import_comfy; import_comfy(sys.argv[2]);"
+             "from lora_train.host.tiny_models import write_tiny_sd15; write_tiny_sd15(sys.argv[3])",
+             str(devhost.REPO_ROOT), str(host.comfyui), str(models)],
+            check=True,
+        )  # fmt: skip
+    return models
+
+
+def _link_models(server: ComfyServer, models: Path) -> None:
+    target = server.models_dir / "checkpoints" / TINY_SD15_NAME
+    if not target.exists():
+        target.symlink_to(models / "checkpoints" / TINY_SD15_NAME)
+
+
+@pytest.fixture(scope="session")
+def start_server(host, tiny_models_dir, tmp_path_factory):
+    """Factory: start another server (own base dir) for tests that need a fresh process."""
+    servers: list[ComfyServer] = []
+
+    def start(name: str = "comfy") -> ComfyServer:
+        server = ComfyServer(host.comfyui, host.python, tmp_path_factory.mktemp(name))
+        server.prepare()
+        _link_models(server, tiny_models_dir)
+        servers.append(server)
+        return server.start()
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def comfy(start_server) -> Iterator[ComfyServer]:
+    """One shared ComfyUI server for the session, with the tiny SD1.5 checkpoint in models/checkpoints."""
+    yield start_server("comfy")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """On a failing host test, add the shared server's log tail to the report."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed and "comfy" in item.fixturenames:
+        server = item.funcargs.get("comfy")
+        if server is not None:
+            report.sections.append(("ComfyUI server log", server.log_tail()))

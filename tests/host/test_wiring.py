@@ -1,0 +1,64 @@
+"""The extension loads in a real ComfyUI, starts fast, and the tiny checkpoint samples through the server."""
+
+import io
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lora_train.devserver import EXTENSION_NAME, WorkflowError
+
+pytestmark = pytest.mark.host
+
+
+def smoke_workflow(seed: int = 1) -> dict:
+    return {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny_sd15.safetensors"}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a red square", "clip": ["1", 1]}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["1", 1]}},
+        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "5": {
+            "class_type": "KSampler",
+            "inputs": {"model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["4", 0],
+                       "seed": seed, "steps": 4, "cfg": 4.0, "sampler_name": "euler", "scheduler": "normal",
+                       "denoise": 1.0},
+        },  # fmt: skip
+        "6": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["1", 2]}},
+        "7": {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": "smoke"}},
+    }
+
+
+def test_extension_nodes_are_registered(comfy):
+    from nodes import NODE_CLASS_MAPPINGS
+
+    info = comfy.get_json("/object_info")
+    assert NODE_CLASS_MAPPINGS, "the extension registers no nodes"
+    missing = [name for name in NODE_CLASS_MAPPINGS if name not in info]
+    assert not missing, f"nodes missing from /object_info: {missing}"
+
+
+def test_startup_log_shows_fast_clean_import(comfy):
+    log = comfy.log_text()
+    lines = [line for line in log.splitlines() if EXTENSION_NAME in line and "seconds" in line]
+    assert lines, f"no import-time line for {EXTENSION_NAME}\n{comfy.log_tail()}"
+    assert "IMPORT FAILED" not in lines[0], lines[0]
+    seconds = float(re.match(r"\s*([\d.]+) seconds", lines[0]).group(1))
+    assert seconds == 0.0, f"import took {seconds}s: {lines[0]}"
+
+
+def test_smoke_workflow_writes_a_finite_nonconstant_png(comfy):
+    result = comfy.run_workflow(smoke_workflow())
+    images = result.outputs["7"]["images"]
+    assert len(images) == 1
+    pixels = np.asarray(Image.open(io.BytesIO(comfy.view(images[0]))).convert("RGB"), dtype=np.float32)
+    assert pixels.shape == (64, 64, 3)
+    assert np.isfinite(pixels).all()
+    assert pixels.std() > 1.0, "sampled image is constant"
+
+
+def test_failed_workflow_surfaces_comfyui_error_text(comfy):
+    workflow = smoke_workflow()
+    workflow["1"]["inputs"]["ckpt_name"] = "does_not_exist.safetensors"
+    with pytest.raises(WorkflowError, match="does_not_exist.safetensors"):
+        comfy.run_workflow(workflow)
