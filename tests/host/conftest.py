@@ -82,3 +82,22 @@ def comfy_lib(host):
     from lora_train.host.bootstrap import import_comfy
 
     return import_comfy(host.comfyui, cpu=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(comfy_lib, tiny_models_dir):
+    """(MODEL, CLIP, VAE) of the tiny SD1.5 checkpoint, loaded in-process with ComfyUI's own loader."""
+    import comfy.sd
+
+    from lora_train.host.tiny_models import TINY_SD15_NAME
+
+    out = comfy.sd.load_checkpoint_guess_config(str(tiny_models_dir / "checkpoints" / TINY_SD15_NAME))
+    return out[0], out[1], out[2]
+
+
+@pytest.fixture(scope="session")
+def style_dataset_dir(tmp_path_factory):
+    """8 generated 64-px red-style images with `.txt` captions."""
+    from lora_train.synthetic import write_style_dataset
+
+    return write_style_dataset(tmp_path_factory.mktemp("style_data"))
