@@ -2,6 +2,9 @@
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -13,6 +16,7 @@ from safetensors.torch import load_file, save, save_file
 from lora_train.manifest import SCHEMA_PATH, load_manifest, validate_manifest
 from lora_train.publish import PublishConfig, PublishError, check_name, publish_lora
 from lora_train.safetensors_file import read_header
+from tests.conftest import REPO_ROOT
 
 DATE = "2026-11-30"
 TRAINING_METADATA = {
@@ -309,3 +313,29 @@ def test_an_earlier_manifest_that_does_not_check_out_stops_the_release(lora, tmp
 def test_config_rejects_unknown_keys_with_a_hint():
     with pytest.raises(ValueError, match="did you mean 'trigger_words'"):
         PublishConfig.from_dict({"name": "a_b", "trigger_word": "x"})
+
+
+def _cli(*args, cwd) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "lora_train", "publish", *map(str, args)]
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
+
+
+def test_cli_dry_run_then_publish_into_the_default_releases_folder(lora, tmp_path):
+    dry = _cli(lora, "--name", "pixelart_style", "--dry-run", "--trigger-words", "pixelart", cwd=tmp_path)
+    assert dry.returncode == 0, dry.stderr
+    assert "pixelart_style v1: would write" in dry.stdout and "pixelart_style_v1.safetensors" in dry.stdout
+    assert not (tmp_path / "releases").exists()
+    done = _cli(lora, "--name", "pixelart_style", "--make-zip", "--json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["version"] == 1 and summary["manifest"]["releases"][0]["version"] == 1
+    assert (tmp_path / "releases" / "pixelart_style" / "pixelart_style_v1.zip").is_file()
+
+
+def test_cli_bad_input_exits_2_with_the_reason(lora, tmp_path):
+    bad_name = _cli(lora, "--name", "Pixel Art", cwd=tmp_path)
+    assert bad_name.returncode == 2 and "naming convention" in bad_name.stderr
+    typo = _cli(lora, "--name", "pixel_art", "--recommended-weight", "heavy", cwd=tmp_path)
+    assert typo.returncode == 2 and "recommended_weight must be a float" in typo.stderr
+    assert not (tmp_path / "releases").exists()
