@@ -1,5 +1,7 @@
 """The trainer on ComfyUI's real model management, in-process: base model restored, file format, bad input."""
 
+import contextlib
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -19,12 +21,13 @@ def _snapshot(model):
     diffusion = model.model.diffusion_model
     state = {k: v.detach().clone() for k, v in diffusion.state_dict().items()}
     names = [n for n, _ in diffusion.named_modules()]
-    return state, names
+    requires_grad = {n: p.requires_grad for n, p in diffusion.named_parameters()}
+    return state, names, requires_grad
 
 
 def _assert_restored(model, before):
-    state, names = before
-    after_state, after_names = _snapshot(model)
+    state, names, requires_grad = before
+    after_state, after_names, after_requires_grad = _snapshot(model)
     assert after_names == names, "module tree changed"
     assert after_state.keys() == state.keys(), "state dict keys changed"
     changed = [k for k in state if not torch.equal(state[k], after_state[k])]
@@ -32,7 +35,8 @@ def _assert_restored(model, before):
     diffusion = model.model.diffusion_model
     hooked = [n for n, m in diffusion.named_modules() if m._forward_hooks or m._forward_pre_hooks]
     assert not hooked, f"leftover hooks on {hooked[:5]}"
-    assert all(p.grad is None and not p.requires_grad for p in diffusion.parameters()), "leftover grads"
+    assert all(p.grad is None for p in diffusion.parameters()), "leftover grads"
+    assert after_requires_grad == requires_grad, "requires_grad flags changed"
 
 
 def _train(model, clip, vae, dataset, tmp_path, **overrides):
@@ -106,12 +110,34 @@ def test_empty_dataset_and_missing_captions_are_refused_before_work(tiny_checkpo
     assert not list(tmp_path.glob("*.safetensors")), "a refused run must not leave a LoRA file"
 
 
-def test_non_finite_loss_stops_training_without_writing_a_lora(tiny_checkpoint, style_dataset_dir, tmp_path):
+class _PoisonedHost(ComfyHost):
+    """The real host, with the model output turned to NaN from the `poison_at`-th forward pass on (fault injection)."""
+
+    poison_at = 3
+
+    @contextlib.contextmanager
+    def session(self, cfg):
+        with super().session(cfg) as session:
+            calls = []
+            predict = session.predict
+
+            def poisoned(*args, **kwargs):
+                calls.append(1)
+                out = predict(*args, **kwargs)
+                return out * float("nan") if len(calls) >= self.poison_at else out
+
+            session.predict = poisoned
+            yield session
+
+
+def test_non_finite_loss_stops_training_and_keeps_the_last_good_save(tiny_checkpoint, style_dataset_dir, tmp_path):
     model, clip, vae = tiny_checkpoint
-    with pytest.raises(TrainingError, match="loss became"):
-        _train(model, clip, vae, load_dataset(style_dataset_dir), tmp_path, learning_rate=1.0, steps=40,
-               optimizer="sgd", max_grad_norm=0)  # fmt: skip
-    assert not list(tmp_path.glob("*.safetensors"))
+    cfg = TrainConfig.from_dict({"rank": 4, "steps": 5, "batch_size": 2, "resolution": 64, "output_name": "nan",
+                                 "save_steps": 1})  # fmt: skip
+    with pytest.raises(TrainingError, match="loss became nan by step 3"), torch.inference_mode():
+        train_lora(cfg, load_dataset(style_dataset_dir), _PoisonedHost(model, clip, vae), tmp_path)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["nan_s000001.safetensors", "nan_s000002.safetensors"], names
 
 
 def test_a_model_that_is_not_a_diffusion_model_is_refused(tiny_checkpoint):
