@@ -156,6 +156,17 @@ def load_tensors(path: Path) -> dict:
     return load_file(str(path))
 
 
+def checked_tensors(path: Path) -> dict:
+    """The file's tensors, refused when any floating-point value is NaN or inf."""
+    tensors = load_tensors(path)
+    bad = nonfinite_tensors(tensors)
+    if bad:
+        listed = ", ".join(f"{key} ({count})" for key, count in sorted(bad.items())[:5])
+        raise PublishError(f"{path.name} holds NaN/inf values in {len(bad)} tensor(s): {listed}; the training "
+                           "diverged: lower the learning rate or publish an earlier checkpoint")  # fmt: skip
+    return tensors
+
+
 def nonfinite_tensors(tensors: dict) -> dict[str, int]:
     """Names of floating-point tensors holding NaN or inf, with how many such values each holds."""
     bad = {}
@@ -288,6 +299,19 @@ def choose_version(requested: int, existing: set[int], name: str) -> int:
     return requested
 
 
+def next_manifest(
+    cfg: PublishConfig, name: str, metadata: dict[str, str], previous: mf.Manifest | None, release: mf.Release
+) -> mf.Manifest:
+    """The manifest after this release: card fields from `cfg`, earlier releases kept, mirrors kept unless given."""
+    return mf.Manifest(
+        name=name, title=cfg.title or default_title(name), description=cfg.description,
+        base_model=base_model_of(cfg, metadata), trigger_words=list(cfg.trigger_words),
+        recommended_weight=cfg.recommended_weight, license=cfg.license, data_source=cfg.data_source,
+        mirrors=list(cfg.mirrors) or (previous.mirrors if previous else []),
+        releases=sorted([release, *(previous.releases if previous else [])], key=lambda r: -r.version),
+    )  # fmt: skip
+
+
 def find_samples(lora_path: Path) -> list[Path]:
     """Sample images next to the LoRA: files named `<stem>*.png|jpg|webp` and images in a `<stem>_samples/` folder."""
     stem = lora_path.stem
@@ -350,12 +374,7 @@ def publish_lora(cfg: PublishConfig, lora_path: str | os.PathLike, releases_dir:
         datetime.date.fromisoformat(date)
     except ValueError:
         raise PublishError(f"date must look like 2026-11-30, got {date!r}") from None
-    tensors = load_tensors(source)
-    bad = nonfinite_tensors(tensors)
-    if bad:
-        listed = ", ".join(f"{key} ({count})" for key, count in sorted(bad.items())[:5])
-        raise PublishError(f"{source.name} holds NaN/inf values in {len(bad)} tensor(s): {listed}; the training "
-                           "diverged: lower the learning rate or publish an earlier checkpoint")  # fmt: skip
+    tensors = checked_tensors(source)
     releases_root = Path(releases_dir)
     release_dir = releases_root / name
     previous = load_previous(release_dir, name)
@@ -378,14 +397,7 @@ def publish_lora(cfg: PublishConfig, lora_path: str | os.PathLike, releases_dir:
             samples.append(stage / f"{vname}_sample{index}{image.suffix.lower()}")
             shutil.copyfile(image, samples[-1])
         entries = [mf.ManifestFile(weights.name, weights.stat().st_size, file_sha)]
-        manifest = mf.Manifest(
-            name=name, title=cfg.title or default_title(name), description=cfg.description,
-            base_model=base_model_of(cfg, header.metadata), trigger_words=list(cfg.trigger_words),
-            recommended_weight=cfg.recommended_weight, license=cfg.license, data_source=cfg.data_source,
-            mirrors=list(cfg.mirrors) or (previous.mirrors if previous else []),
-            releases=[mf.Release(version, date, entries), *(previous.releases if previous else [])],
-        )  # fmt: skip
-        manifest.releases.sort(key=lambda r: -r.version)
+        manifest = next_manifest(cfg, name, header.metadata, previous, mf.Release(version, date, entries))
         hashes = {"sha256": file_sha, "autov2": autov2(file_sha), "sshs_model_hash": model_hash}
         card = render_model_card(manifest, version, metadata, [p.name for p in samples], hashes)
         atomic_write_text(stage / "README.md", card)
@@ -393,7 +405,8 @@ def publish_lora(cfg: PublishConfig, lora_path: str | os.PathLike, releases_dir:
         if cfg.make_zip:
             zip_path = stage / f"{vname}.zip"
             write_zip(zip_path, [weights, stage / "README.md", *samples])
-            entries.append(mf.ManifestFile(zip_path.name, zip_path.stat().st_size, sha256_file(zip_path)))
+            zip_entry = mf.ManifestFile(zip_path.name, zip_path.stat().st_size, sha256_file(zip_path))
+            manifest.select(version).files.append(zip_entry)  # after the card: the zip holds the card
         atomic_write_text(stage / "manifest.json", mf.dump_manifest(manifest))
         names = [weights.name, *(p.name for p in samples), *([zip_path.name] if zip_path else []),
                  "README.md", "manifest.json"]  # fmt: skip

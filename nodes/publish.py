@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lora_train.publish import PublishConfig, PublishError, publish_lora
-
+# lora_train.publish is imported inside the functions: ComfyUI times every extension's import at start-up.
 RELEASES_SUBDIR = "lora_releases"
 
 
@@ -18,6 +17,8 @@ def _lora_choices() -> list[str]:
 def resolve_lora(lora_name: str, lora_file: str) -> Path:
     """`lora_file` (a loras-folder name or a full path) wins over the `lora_name` combo."""
     import folder_paths
+
+    from lora_train.publish import PublishError
 
     chosen = (lora_file or "").strip() or lora_name
     if Path(chosen).is_absolute():
@@ -58,6 +59,8 @@ class PublishLoRA:
 
     @classmethod
     def INPUT_TYPES(cls):
+        from lora_train.publish import PublishConfig
+
         return {
             "required": {
                 "lora_name": (_lora_choices(), {"tooltip": "The LoRA file in ComfyUI's loras folder to publish."}),
@@ -76,6 +79,8 @@ class PublishLoRA:
         }
 
     def execute(self, lora_name: str, lora_file: str = "", **widgets):
+        from lora_train.publish import PublishConfig, publish_lora
+
         cfg = PublishConfig.from_dict(widgets)
         result = publish_lora(cfg, resolve_lora(lora_name, lora_file), releases_dir(cfg.output_dir))
         verb = "would write" if result.dry_run else "wrote"
