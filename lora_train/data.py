@@ -17,6 +17,7 @@ One bad file never stops loading unless ``strict`` is set: it is named in the re
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import logging
@@ -530,3 +531,19 @@ def preview_grid(dataset: LoraDataset, max_images: int = 16, cell: int = 128) ->
         y = (index // cols) * cell + (cell - tile.height) // 2
         grid.paste(tile, (x, y))
     return grid
+
+
+def folder_fingerprint(path: str | os.PathLike) -> str:
+    """A hash of every file's name, size and mtime below `path`: changes when the dataset on disk changes."""
+    import hashlib
+
+    digest = hashlib.sha256(str(path).encode())
+    root = Path(path).expanduser()
+    if root.is_dir():
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames.sort()
+            for name in sorted(filenames):
+                with contextlib.suppress(OSError):
+                    stat = (Path(dirpath) / name).stat()
+                    digest.update(f"{dirpath}/{name}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
