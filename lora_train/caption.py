@@ -50,39 +50,6 @@ class ClipEncoders:
     model_id: str
 
 
-@dataclass
-class CaptionConfig(Settings):
-    """How to auto-label a folder or dataset."""
-
-    captioner: str = setting("clip", "Which captioner ranks the tags.", choices=("clip",))
-    clip_path: str = setting(
-        "",
-        "Folder with a Hugging Face CLIP model (config.json, model.safetensors, tokenizer and preprocessor files). "
-        "Not needed when CLIP_VISION and CLIP are connected.",
-    )
-    vocabularies: list[str] = setting(  # noqa: RUF009 - `setting` turns a list default into a default_factory
-        list(DEFAULT_VOCABULARIES),
-        "Comma-separated vocabularies: built-in names (medium, style, subject, colour, lighting, composition) or "
-        "paths to your own .txt files (one phrase per line).",
-    )
-    template: str = setting("{}", "Text each phrase is wrapped in before encoding, e.g. 'a picture of {}'.")
-    top_k: int = setting(6, "At most this many tags per image.", min=1, max=64)
-    per_vocabulary: int = setting(2, "At most this many tags from any one vocabulary.", min=1, max=64)
-    threshold: float = setting(0.15, "Keep tags whose cosine similarity to the image is at least this.", min=-1.0,
-                               max=1.0, step=0.01)  # fmt: skip
-    trigger: str = setting("", "Trigger word put first in every caption (empty: none).")
-    mode: str = setting("skip", "Existing captions: skip (keep them), overwrite, or append new tags.", choices=MODES)
-    write_csv: bool = setting(True, "Write captions to metadata.csv (file_name,text).")
-    write_sidecars: bool = setting(False, "Write a <image>.txt caption beside each image.")
-    csv_path: str = setting("", "metadata.csv to write (empty: metadata.csv in the dataset folder).", advanced=True)
-    batch_size: int = setting(16, "Images encoded per batch.", min=1, max=1024)
-    separator: str = setting(", ", "Text between tags.", advanced=True)
-    embedding_cache: str = setting("", "Folder to keep vocabulary text embeddings in across runs (empty: memory "
-                                       "only).", advanced=True)  # fmt: skip
-    device: str = setting("auto", "Device for a Hugging Face CLIP folder.", choices=("auto", "cpu", "cuda"),
-                          advanced=True)  # fmt: skip
-
-
 # ---- vocabularies -------------------------------------------------------------------------------------------
 
 
@@ -226,6 +193,58 @@ def merge_caption(existing: str, tags: Sequence[str], mode: str, trigger: str = 
     return separator.join([*head, existing, *new_tags])
 
 
+TagFn = Callable[[list["Image.Image"]], list[list[tuple[str, float]]]]
+
+
+def clip_tagger(cfg: CaptionConfig, encoders: ClipEncoders) -> TagFn:
+    """Tags for a batch of images: vocabulary phrases ranked by CLIP cosine similarity (text side cached)."""
+    vocab = load_vocabulary(cfg.vocabularies)
+    texts = text_embeddings(encoders, vocab, cfg.template, cfg.embedding_cache or None)
+
+    def tag(images: list[Image.Image]) -> list[list[tuple[str, float]]]:
+        scores = similarities(encoders.encode_images(images), texts)
+        return [select_tags(row, vocab, cfg.top_k, cfg.per_vocabulary, cfg.threshold) for row in scores.tolist()]
+
+    return tag
+
+
+# Captioners by name (the node combo and the CLI choices): each builds a batch tagger from the config + encoders.
+CAPTIONERS: dict[str, Callable[[CaptionConfig, ClipEncoders], TagFn]] = {"clip": clip_tagger}
+
+
+@dataclass
+class CaptionConfig(Settings):
+    """How to auto-label a folder or dataset."""
+
+    captioner: str = setting("clip", "Which captioner ranks the tags.", choices=tuple(CAPTIONERS))
+    clip_path: str = setting(
+        "",
+        "Folder with a Hugging Face CLIP model (config.json, model.safetensors, tokenizer and preprocessor files). "
+        "Not needed when CLIP_VISION and CLIP are connected.",
+    )
+    vocabularies: list[str] = setting(  # noqa: RUF009 - `setting` turns a list default into a default_factory
+        list(DEFAULT_VOCABULARIES),
+        "Comma-separated vocabularies: built-in names (medium, style, subject, colour, lighting, composition) or "
+        "paths to your own .txt files (one phrase per line).",
+    )
+    template: str = setting("{}", "Text each phrase is wrapped in before encoding, e.g. 'a picture of {}'.")
+    top_k: int = setting(6, "At most this many tags per image.", min=1, max=64)
+    per_vocabulary: int = setting(2, "At most this many tags from any one vocabulary.", min=1, max=64)
+    threshold: float = setting(0.15, "Keep tags whose cosine similarity to the image is at least this.", min=-1.0,
+                               max=1.0, step=0.01)  # fmt: skip
+    trigger: str = setting("", "Trigger word put first in every caption (empty: none).")
+    mode: str = setting("skip", "Existing captions: skip (keep them), overwrite, or append new tags.", choices=MODES)
+    write_csv: bool = setting(True, "Write captions to metadata.csv (file_name,text).")
+    write_sidecars: bool = setting(False, "Write a <image>.txt caption beside each image.")
+    csv_path: str = setting("", "metadata.csv to write (empty: metadata.csv in the dataset folder).", advanced=True)
+    batch_size: int = setting(16, "Images encoded per batch.", min=1, max=1024)
+    separator: str = setting(", ", "Text between tags.", advanced=True)
+    embedding_cache: str = setting("", "Folder to keep vocabulary text embeddings in across runs (empty: memory "
+                                       "only).", advanced=True)  # fmt: skip
+    device: str = setting("auto", "Device for a Hugging Face CLIP folder.", choices=("auto", "cpu", "cuda"),
+                          advanced=True)  # fmt: skip
+
+
 # ---- the pipeline -------------------------------------------------------------------------------------------
 
 
@@ -268,10 +287,9 @@ def auto_label(
     if not todo:
         result.dataset = dataclasses.replace(dataset, items=list(dataset.items))
         return result
-    vocab = load_vocabulary(cfg.vocabularies)
     if encoders is None:
         encoders = CLIP_SOURCES["hf_folder"](cfg)
-    texts = text_embeddings(encoders, vocab, cfg.template, cfg.embedding_cache or None)
+    tag = CAPTIONERS[cfg.captioner](cfg, encoders)
     new_items = list(dataset.items)
     for start in range(0, len(todo), cfg.batch_size):
         batch, images = [], []
@@ -281,13 +299,11 @@ def auto_label(
                 images.append(item.load())
                 batch.append(index)
             except (OSError, ValueError) as exc:
-                result.unreadable[item.name] = str(exc)
+                result.unreadable[_display_name(item, dataset.root)] = str(exc)
         if images:
-            scores = similarities(encoders.encode_images(images), texts)
-            for row, index in zip(scores.tolist(), batch, strict=True):
+            for tags, index in zip(tag(images), batch, strict=True):
                 item = dataset.items[index]
-                tags = select_tags(row, vocab, cfg.top_k, cfg.per_vocabulary, cfg.threshold)
-                result.tags[item.name] = tags
+                result.tags[_display_name(item, dataset.root)] = tags
                 phrases = [p for p, _ in tags]
                 targets.update(item, phrases)
                 caption = merge_caption(item.caption, phrases, cfg.mode, cfg.trigger, cfg.separator)
@@ -322,12 +338,9 @@ CLIP_SOURCES: dict[str, Callable[[CaptionConfig], ClipEncoders]] = {"hf_folder":
 
 def caption_images(images: Sequence[Any], encoders: ClipEncoders, cfg: CaptionConfig) -> list[str]:
     """Captions for in-memory PIL images (no files written), in order."""
-    vocab = load_vocabulary(cfg.vocabularies)
-    texts = text_embeddings(encoders, vocab, cfg.template, cfg.embedding_cache or None)
+    tag = CAPTIONERS[cfg.captioner](cfg, encoders)
     captions = []
     for start in range(0, len(images), cfg.batch_size):
-        scores = similarities(encoders.encode_images(list(images[start : start + cfg.batch_size])), texts)
-        for row in scores.tolist():
-            tags = select_tags(row, vocab, cfg.top_k, cfg.per_vocabulary, cfg.threshold)
+        for tags in tag(list(images[start : start + cfg.batch_size])):
             captions.append(compose_caption([p for p, _ in tags], cfg.trigger, cfg.separator))
     return captions
