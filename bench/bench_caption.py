@@ -18,9 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lora_train import devhost  # noqa: E402
-from lora_train.caption import CaptionConfig, caption_images, load_vocabulary, text_embeddings  # noqa: E402
-from lora_train.captioners.hf_clip import load_hf_clip  # noqa: E402
+from lora_train import devhost
+from lora_train.caption import CaptionConfig, caption_images, load_vocabulary, text_embeddings
+from lora_train.captioners.hf_clip import load_hf_clip
 
 
 def write_vit_l(folder: Path, tokenizer_dir: Path) -> Path:
@@ -38,7 +38,9 @@ def write_vit_l(folder: Path, tokenizer_dir: Path) -> Path:
     torch.manual_seed(0)
     CLIPModel(config).save_pretrained(str(folder))
     CLIPTokenizer.from_pretrained(str(tokenizer_dir)).save_pretrained(str(folder))
-    CLIPImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}).save_pretrained(str(folder))
+    CLIPImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}).save_pretrained(
+        str(folder)
+    )
     return folder
 
 

@@ -87,7 +87,15 @@ class ComfyServer:
 
     def prepare(self) -> None:
         """Lay out the base directory and link this extension into its custom_nodes."""
-        for sub in ("models/checkpoints", "models/loras", "models/clip_vision", "input", "output", "user", "custom_nodes"):
+        for sub in (
+            "models/checkpoints",
+            "models/loras",
+            "models/clip_vision",
+            "input",
+            "output",
+            "user",
+            "custom_nodes",
+        ):
             (self.base_dir / sub).mkdir(parents=True, exist_ok=True)
         link = self.base_dir / "custom_nodes" / EXTENSION_NAME
         if not link.exists():
@@ -99,19 +107,32 @@ class ComfyServer:
         self.prepare()
         self.port = free_port()
         cmd = [
-            str(self.python), "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
-            "--base-directory", str(self.base_dir), "--disable-auto-launch",
-            "--database-url", "sqlite:///:memory:", *self.extra_args,
-        ]  # fmt: skip
+            str(self.python),
+            "main.py",
+            "--cpu",
+            "--listen",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--base-directory",
+            str(self.base_dir),
+            "--disable-auto-launch",
+            "--database-url",
+            "sqlite:///:memory:",
+            *self.extra_args,
+        ]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(cmd, cwd=self.comfyui, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                     start_new_session=True)  # fmt: skip
+        self.proc = subprocess.Popen(
+            cmd, cwd=self.comfyui, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
         log.close()
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:
-                raise ServerError(f"ComfyUI exited with code {self.proc.returncode} before it was ready\n{self.log_tail()}")
+                raise ServerError(
+                    f"ComfyUI exited with code {self.proc.returncode} before it was ready\n{self.log_tail()}"
+                )
             with contextlib.suppress(OSError, urllib.error.URLError):
                 with urllib.request.urlopen(f"{self.url}/object_info/CheckpointLoaderSimple", timeout=2) as resp:
                     if resp.status == 200:
@@ -202,7 +223,9 @@ class ComfyServer:
             deadline = time.monotonic() + timeout
             while True:
                 if time.monotonic() > deadline:
-                    raise WorkflowError(f"workflow {prompt_id} did not finish within {timeout:.0f}s\n{self.log_tail()}")
+                    raise WorkflowError(
+                        f"workflow {prompt_id} did not finish within {timeout:.0f}s\n{self.log_tail()}"
+                    )
                 try:
                     message = ws.recv()
                 except websocket.WebSocketTimeoutException:

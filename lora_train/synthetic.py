@@ -23,8 +23,12 @@ def style_image(index: int, size: int = 64, color: tuple[int, int, int] = STYLE_
     a, b = rng.randint(size // 8, size // 3), rng.randint(2 * size // 3, size - size // 8)
     light = (250, 210, 200)
     if shape in ("circle", "dot", "ring"):
-        draw.ellipse([a, a, b, b], outline=light if shape == "ring" else None, fill=None if shape == "ring" else light,
-                     width=max(1, size // 16))  # fmt: skip
+        draw.ellipse(
+            [a, a, b, b],
+            outline=light if shape == "ring" else None,
+            fill=None if shape == "ring" else light,
+            width=max(1, size // 16),
+        )
     elif shape in ("square", "bar"):
         draw.rectangle([a, a, b, a + (b - a) // (3 if shape == "bar" else 1)], fill=light)
     else:
@@ -32,8 +36,9 @@ def style_image(index: int, size: int = 64, color: tuple[int, int, int] = STYLE_
     return image
 
 
-def write_style_dataset(folder: str | Path, count: int = 8, size: int = 64, trigger: str = "redstyle",
-                        seed: int = 0) -> Path:  # fmt: skip
+def write_style_dataset(
+    folder: str | Path, count: int = 8, size: int = 64, trigger: str = "redstyle", seed: int = 0
+) -> Path:
     """Write `count` PNGs with `.txt` captions ("redstyle, a circle") into `folder`; return the folder."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 from lora_train.caption import CaptionConfig
 from lora_train.data import folder_fingerprint
 
-DATASET_TYPE = "LORA_DATASET"
+from ._ui import DATASET_TYPE
 
 
 def resolve_clip_path(clip_path: str) -> str:

@@ -123,7 +123,9 @@ def _diffusers_names(base) -> dict[str, str]:
 
     unet_config = getattr(base.model_config, "unet_config", {})
     mapping = comfy.utils.unet_to_diffusers(unet_config) if "num_res_blocks" in unet_config else {}
-    return {ldm[: -len(".weight")]: diff[: -len(".weight")] for diff, ldm in mapping.items() if ldm.endswith(".weight")}
+    return {
+        ldm[: -len(".weight")]: diff[: -len(".weight")] for diff, ldm in mapping.items() if ldm.endswith(".weight")
+    }
 
 
 class ComfyHost:
@@ -155,8 +157,7 @@ class ComfyHost:
     def _model_conds(self, text_out: dict[str, Any], latents: torch.Tensor) -> dict[str, Any]:
         base = self.model.model
         height, width = latents.shape[-2] * 8, latents.shape[-1] * 8
-        conds = base.extra_conds(device=torch.device("cpu"), noise=latents, width=width, height=height,
-                                 **text_out)  # fmt: skip
+        conds = base.extra_conds(device=torch.device("cpu"), noise=latents, width=width, height=height, **text_out)
         return {k: type(v)(v.cond.detach().clone()) if torch.is_tensor(v.cond) else v for k, v in conds.items()}
 
     def encode_examples(self, dataset: LoraDataset, cfg: TrainConfig) -> list[Example]:
@@ -185,7 +186,9 @@ class ComfyHost:
         out = []
         for latents, cond, empty, repeats in examples:
             latents = latents.clone()
-            out.append(Example(latents[0], self._model_conds(cond, latents), self._model_conds(empty, latents), repeats))
+            out.append(
+                Example(latents[0], self._model_conds(cond, latents), self._model_conds(empty, latents), repeats)
+            )
         return out
 
     # ---- the training session -------------------------------------------------------------------------------
@@ -211,9 +214,13 @@ class ComfyHost:
                 p.requires_grad_(False)
             with torch.inference_mode(False), torch.enable_grad():
                 yield ComfySession(
-                    self.model, diffusion, self.model.get_model_object("model_sampling"),
-                    self.model.load_device, base.get_dtype(), _diffusers_names(base),
-                )  # fmt: skip
+                    self.model,
+                    diffusion,
+                    self.model.get_model_object("model_sampling"),
+                    self.model.load_device,
+                    base.get_dtype(),
+                    _diffusers_names(base),
+                )
         finally:
             for name, p in diffusion.named_parameters():
                 p.grad = None
@@ -235,11 +242,19 @@ class ComfyHost:
             self._progress_bar = comfy.utils.ProgressBar(progress.total)
         self._progress_bar.update_absolute(progress.step, progress.total)
         if self.send_event is not None:
-            self.send_event(PROGRESS_EVENT, {
-                "node": self.node_id, "step": progress.step, "total": progress.total, "loss": progress.loss,
-                "smoothed_loss": progress.smoothed_loss, "lr": progress.lr, "eta_s": progress.eta_s,
-                "elapsed_s": progress.elapsed_s,
-            })  # fmt: skip
+            self.send_event(
+                PROGRESS_EVENT,
+                {
+                    "node": self.node_id,
+                    "step": progress.step,
+                    "total": progress.total,
+                    "loss": progress.loss,
+                    "smoothed_loss": progress.smoothed_loss,
+                    "lr": progress.lr,
+                    "eta_s": progress.eta_s,
+                    "elapsed_s": progress.elapsed_s,
+                },
+            )
 
 
 def apply_lora(model, clip, lora_tensors: dict[str, torch.Tensor], strength_model: float, strength_clip: float):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,13 +25,18 @@ def tiny_models_dir(host: devhost.Host) -> Path:
     models = devhost.cache_dir() / "models"
     if not (models / "checkpoints" / TINY_SD15_NAME).is_file():
         subprocess.run(
-            [str(host.python), "-c",
-             "import sys; sys.path.insert(0, sys.argv[1]);"
-             "from lora_train.host.bootstrap import import_comfy; import_comfy(sys.argv[2]);"
-             "from lora_train.host.tiny_models import write_tiny_sd15; write_tiny_sd15(sys.argv[3])",
-             str(devhost.REPO_ROOT), str(host.comfyui), str(models)],
+            [
+                str(host.python),
+                "-c",
+                "import sys; sys.path.insert(0, sys.argv[1]);"
+                "from lora_train.host.bootstrap import import_comfy; import_comfy(sys.argv[2]);"
+                "from lora_train.host.tiny_models import write_tiny_sd15; write_tiny_sd15(sys.argv[3])",
+                str(devhost.REPO_ROOT),
+                str(host.comfyui),
+                str(models),
+            ],
             check=True,
-        )  # fmt: skip
+        )
     return models
 
 

@@ -40,8 +40,19 @@ def _assert_restored(model, before):
 
 
 def _train(model, clip, vae, dataset, tmp_path, **overrides):
-    cfg = TrainConfig.from_dict({"rank": 4, "alpha": 4, "steps": 3, "batch_size": 2, "resolution": 64,
-                                 "learning_rate": 1e-3, "output_name": "t", "log_every": 1, **overrides})  # fmt: skip
+    cfg = TrainConfig.from_dict(
+        {
+            "rank": 4,
+            "alpha": 4,
+            "steps": 3,
+            "batch_size": 2,
+            "resolution": 64,
+            "learning_rate": 1e-3,
+            "output_name": "t",
+            "log_every": 1,
+            **overrides,
+        }
+    )
     with torch.inference_mode():  # as every ComfyUI node runs
         return train_lora(cfg, dataset, ComfyHost(model, clip, vae), tmp_path)
 
@@ -66,8 +77,9 @@ def test_training_on_a_model_that_already_carries_a_lora_restores_it(tiny_checkp
 
 def test_saved_file_has_kohya_keys_and_metadata_only(tiny_checkpoint, style_dataset_dir, tmp_path):
     model, clip, vae = tiny_checkpoint
-    result = _train(model, clip, vae, load_dataset(style_dataset_dir), tmp_path, network="locon",
-                    targets="attention_and_conv")  # fmt: skip
+    result = _train(
+        model, clip, vae, load_dataset(style_dataset_dir), tmp_path, network="locon", targets="attention_and_conv"
+    )
     tensors = load_file(result.lora_path)
     suffixes = {k.split(".", 1)[1] for k in tensors}
     assert suffixes == {"lora_down.weight", "lora_up.weight", "alpha"}
@@ -132,8 +144,9 @@ class _PoisonedHost(ComfyHost):
 
 def test_non_finite_loss_stops_training_and_keeps_the_last_good_save(tiny_checkpoint, style_dataset_dir, tmp_path):
     model, clip, vae = tiny_checkpoint
-    cfg = TrainConfig.from_dict({"rank": 4, "steps": 5, "batch_size": 2, "resolution": 64, "output_name": "nan",
-                                 "save_steps": 1})  # fmt: skip
+    cfg = TrainConfig.from_dict(
+        {"rank": 4, "steps": 5, "batch_size": 2, "resolution": 64, "output_name": "nan", "save_steps": 1}
+    )
     with pytest.raises(TrainingError, match="loss became nan by step 3"), torch.inference_mode():
         train_lora(cfg, load_dataset(style_dataset_dir), _PoisonedHost(model, clip, vae), tmp_path)
     names = sorted(p.name for p in tmp_path.iterdir())

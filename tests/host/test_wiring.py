@@ -20,10 +20,19 @@ def smoke_workflow(seed: int = 1) -> dict:
         "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
         "5": {
             "class_type": "KSampler",
-            "inputs": {"model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["4", 0],
-                       "seed": seed, "steps": 4, "cfg": 4.0, "sampler_name": "euler", "scheduler": "normal",
-                       "denoise": 1.0},
-        },  # fmt: skip
+            "inputs": {
+                "model": ["1", 0],
+                "positive": ["2", 0],
+                "negative": ["3", 0],
+                "latent_image": ["4", 0],
+                "seed": seed,
+                "steps": 4,
+                "cfg": 4.0,
+                "sampler_name": "euler",
+                "scheduler": "normal",
+                "denoise": 1.0,
+            },
+        },
         "6": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["1", 2]}},
         "7": {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": "smoke"}},
     }
@@ -61,5 +70,5 @@ def test_smoke_workflow_writes_a_finite_nonconstant_png(comfy):
 def test_failed_workflow_surfaces_comfyui_error_text(comfy):
     workflow = smoke_workflow()
     workflow["1"]["inputs"]["ckpt_name"] = "does_not_exist.safetensors"
-    with pytest.raises(WorkflowError, match="does_not_exist.safetensors"):
+    with pytest.raises(WorkflowError, match=r"does_not_exist\.safetensors"):
         comfy.run_workflow(workflow)
