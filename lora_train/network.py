@@ -237,10 +237,9 @@ class _BranchHook:
         if not owner.enabled or owner.multiplier == 0:
             return None
         x = args[0]
-        ref = self.adapter.alpha  # a buffer that follows the adapter's device
-        param_dtype = next(self.adapter.parameters()).dtype
+        ref = self.adapter.alpha  # a buffer: `.to()` moves and casts it with the adapter's parameters
         # Under autocast the matmuls cast for themselves; otherwise bring the input to the adapter's dtype.
-        dtype = x.dtype if torch.is_autocast_enabled(x.device.type) else param_dtype
+        dtype = x.dtype if torch.is_autocast_enabled(x.device.type) else ref.dtype
         if x.device != ref.device or x.dtype != dtype:
             x = x.to(device=ref.device, dtype=dtype)
         base = module.weight if self.adapter.needs_base_weight else None
