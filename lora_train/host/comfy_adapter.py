@@ -182,13 +182,13 @@ class ComfyHost:
                         texts[text] = self._encode_text(text)
                 self.check_cancel()
                 examples.append((latents, texts[caption], texts[""], item.repeats))
-        # Leave inference mode with ordinary tensors: autograd must be able to save them.
+        # Ordinary tensors (made outside inference mode, which every node runs in): autograd must save them.
         out = []
-        for latents, cond, empty, repeats in examples:
-            latents = latents.clone()
-            out.append(
-                Example(latents[0], self._model_conds(cond, latents), self._model_conds(empty, latents), repeats)
-            )
+        with torch.inference_mode(False):
+            for latents, cond, empty, repeats in examples:
+                latents = latents.clone()
+                conds = self._model_conds(cond, latents), self._model_conds(empty, latents)
+                out.append(Example(latents[0], *conds, repeats))
         return out
 
     # ---- the training session -------------------------------------------------------------------------------
@@ -205,14 +205,14 @@ class ComfyHost:
         mm.load_models_gpu([self.model], **kwargs)
         base = self.model.model
         diffusion = base.diffusion_model
-        replaced = _fresh_parameters(diffusion)
-        log.debug("made %d inference tensors trainable-safe", replaced)
         was_training = diffusion.training
         grads_before = {name: p.requires_grad for name, p in diffusion.named_parameters()}
         try:
-            for p in diffusion.parameters():
-                p.requires_grad_(False)
             with torch.inference_mode(False), torch.enable_grad():
+                replaced = _fresh_parameters(diffusion)
+                log.debug("made %d inference tensors trainable-safe", replaced)
+                for p in diffusion.parameters():
+                    p.requires_grad_(False)
                 yield ComfySession(
                     self.model,
                     diffusion,

@@ -92,10 +92,12 @@ def comfy_lib(host):
 def tiny_checkpoint(comfy_lib, tiny_models_dir):
     """(MODEL, CLIP, VAE) of the tiny SD1.5 checkpoint, loaded in-process with ComfyUI's own loader."""
     import comfy.sd
+    import torch
 
     from lora_train.host.tiny_models import TINY_SD15_NAME
 
-    out = comfy.sd.load_checkpoint_guess_config(str(tiny_models_dir / "checkpoints" / TINY_SD15_NAME))
+    with torch.inference_mode():  # as CheckpointLoaderSimple runs in the server: weights are inference tensors
+        out = comfy.sd.load_checkpoint_guess_config(str(tiny_models_dir / "checkpoints" / TINY_SD15_NAME))
     return out[0], out[1], out[2]
 
 
