@@ -38,6 +38,7 @@ class Example:
     cond: Any
     empty_cond: Any = None  # the empty caption's conditioning, for caption dropout
     repeats: int = 1
+    caption: str = ""  # as trained (trigger word included), for text-encoder training
 
 
 @dataclass
@@ -185,6 +186,15 @@ def _adapter_spec(cfg: TrainConfig):
     return AdapterSpec(rank=cfg.rank, alpha=cfg.alpha, dropout=cfg.dropout, network=cfg.network)
 
 
+def lora_state_dict(adapter_sets) -> dict[str, torch.Tensor]:
+    """All adapter sets' kohya tensors, detached to fp32 CPU (what is saved and applied)."""
+    return {
+        key: value.detach().float().cpu().contiguous()
+        for adapter_set in adapter_sets
+        for key, value in adapter_set.state_dict_kohya().items()
+    }
+
+
 @contextlib.contextmanager
 def gradient_checkpointing(root: torch.nn.Module, enabled: bool) -> Iterator[int]:
     """Recompute each top-level block of `root` in backward (blocks = items of its ModuleLists)."""
@@ -238,14 +248,27 @@ def train_lora(
             raise TrainingError(f"no layers matched targets={cfg.targets!r} in this model; try targets=all_linear")
         torch.manual_seed(cfg.seed)
         adapters = AdapterSet.create(targets, _adapter_spec(cfg), key_prefix_for=session.kohya_prefix, device=device)
-        params = [p for p in adapters.parameters() if p.requires_grad]
-        optimizer = make_optimizer(cfg.optimizer, [{"params": params, "lr": cfg.learning_rate}], cfg.weight_decay)
+        groups = [{"params": [p for p in adapters.parameters() if p.requires_grad], "lr": cfg.learning_rate}]
+        adapter_sets = [adapters]
+        if cfg.train_text_encoder:
+            te_targets = session.text_encoder_targets()
+            if not te_targets:
+                raise TrainingError("train_text_encoder is on, but this model's text encoder has no layers to adapt")
+            te_adapters = AdapterSet.create(
+                te_targets, _adapter_spec(cfg), key_prefix_for=session.kohya_te_prefix, device=device
+            )
+            adapter_sets.append(te_adapters)
+            groups.append(
+                {"params": [p for p in te_adapters.parameters() if p.requires_grad], "lr": cfg.text_encoder_lr}
+            )
+        params = [p for group in groups for p in group["params"]]
+        optimizer = make_optimizer(cfg.optimizer, groups, cfg.weight_decay)
         scheduler = make_scheduler(cfg.lr_scheduler, optimizer, steps, cfg.warmup_steps)
         autocast_dtype = AUTOCAST[cfg.mixed_precision]
         scaler = torch.amp.GradScaler(device.type, enabled=cfg.mixed_precision == "fp16")
         log.info(
             "training %d adapters (%d params) for %d steps on %s",
-            len(targets),
+            sum(len(a.module_paths) for a in adapter_sets),
             sum(p.numel() for p in params),
             steps,
             device,
@@ -270,7 +293,8 @@ def train_lora(
         running = torch.zeros((), device=device)
         smoothed = None
         window_start, window_steps = time.time(), 0
-        adapters.attach()
+        for adapter_set in adapter_sets:
+            adapter_set.attach()
         try:
             with gradient_checkpointing(session.diffusion_model, cfg.gradient_checkpointing):
                 for step in range(steps):
@@ -278,18 +302,21 @@ def train_lora(
                         indices = order.next()
                         latents = torch.stack([examples[i].latents for i in indices]).to(device)
                         drop = torch.rand(len(indices), generator=generator) < cfg.caption_dropout
-                        conds = [
-                            examples[i].empty_cond if d else examples[i].cond
-                            for i, d in zip(indices, drop, strict=True)
-                        ]
+                        if cfg.train_text_encoder:  # encode now, through the text encoder's adapters
+                            captions = ["" if d else examples[i].caption for i, d in zip(indices, drop, strict=True)]
+                            cond = session.encode_captions(captions, latents)
+                        else:
+                            cached = [
+                                examples[i].empty_cond if d else examples[i].cond
+                                for i, d in zip(indices, drop, strict=True)
+                            ]
+                            cond = session.collate(cached)
                         noise = sample_noise(latents, generator, cfg.noise_offset)
                         batch = diffusion_batch(
                             session.sampling, latents, noise, sample_timesteps(len(indices), generator)
                         )
                         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                            pred = session.predict(
-                                batch.model_input, batch.sigmas, batch.timesteps, session.collate(conds), noise
-                            )
+                            pred = session.predict(batch.model_input, batch.sigmas, batch.timesteps, cond, noise)
                         loss = (
                             training_loss(
                                 pred, batch, loss=cfg.loss, delta=cfg.huber_delta, min_snr_gamma=cfg.min_snr_gamma
@@ -328,11 +355,12 @@ def train_lora(
                             window_start, window_steps = time.time(), 0
                     if cfg.save_steps and done % cfg.save_steps == 0 and done < steps:
                         path = output_dir / f"{cfg.output_name}_s{done:06d}.safetensors"
-                        save(path, adapters.state_dict_kohya(), metadata(done))
+                        save(path, lora_state_dict(adapter_sets), metadata(done))
                         saved.append(path)
-            tensors = {k: v.detach().float().cpu().contiguous() for k, v in adapters.state_dict_kohya().items()}
+            tensors = lora_state_dict(adapter_sets)
         finally:
-            adapters.detach()
+            for adapter_set in adapter_sets:
+                adapter_set.detach()
 
     final_metadata = metadata(steps)
     lora_path = output_dir / f"{cfg.output_name}.safetensors"

@@ -157,3 +157,27 @@ def test_a_model_that_is_not_a_diffusion_model_is_refused(tiny_checkpoint):
     _, clip, vae = tiny_checkpoint
     with pytest.raises(TrainingError, match="not a diffusion model"):
         ComfyHost(clip, clip, vae)
+
+
+def test_text_encoder_training_writes_kohya_te_keys_and_restores_the_clip(
+    tiny_checkpoint, style_dataset_dir, tmp_path
+):
+    model, clip, vae = tiny_checkpoint
+    import comfy.model_management as mm
+
+    mm.load_models_gpu([clip.patcher])
+    text_state = {k: v.detach().clone() for k, v in clip.cond_stage_model.state_dict().items()}
+    result = _train(model, clip, vae, load_dataset(style_dataset_dir), tmp_path, train_text_encoder=True)
+    te_keys = [k for k in result.lora_tensors if k.startswith("lora_te_")]
+    assert "lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight" in te_keys
+    assert any(k.startswith("lora_unet_") for k in result.lora_tensors)
+    after = clip.cond_stage_model.state_dict()
+    assert all(torch.equal(text_state[k], after[k]) for k in text_state), "text encoder weights changed"
+    hooked = [n for n, m in clip.cond_stage_model.named_modules() if m._forward_hooks]
+    assert not hooked
+    # ComfyUI's loader maps every text-encoder key of the file.
+    import comfy.lora
+
+    key_map = comfy.lora.model_lora_keys_clip(clip.cond_stage_model, {})
+    prefixes = {k.rsplit(".", 2)[0] if k.endswith(".weight") else k.rsplit(".", 1)[0] for k in te_keys}
+    assert prefixes <= set(key_map), sorted(prefixes - set(key_map))[:5]

@@ -10,8 +10,18 @@ def train_settings(**overrides) -> dict:
     from lora_train.config import TrainConfig
 
     values = TrainConfig().to_dict()
-    values.update({"rank": 4, "alpha": 4.0, "steps": 6, "batch_size": 2, "resolution": 64, "learning_rate": 1e-2,
-                   "log_every": 2, "output_name": "test_lora"})  # fmt: skip
+    values.update(
+        {
+            "rank": 4,
+            "alpha": 4.0,
+            "steps": 6,
+            "batch_size": 2,
+            "resolution": 64,
+            "learning_rate": 1e-2,
+            "log_every": 2,
+            "output_name": "test_lora",
+        }
+    )
     values.update(overrides)
     return values
 
@@ -24,12 +34,24 @@ def sample_nodes(prefix: str, model: list, clip: list, vae: list, seed: int = 7,
         f"{prefix}_lat": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
         f"{prefix}_ks": {
             "class_type": "KSampler",
-            "inputs": {"model": model, "positive": [f"{prefix}_pos", 0], "negative": [f"{prefix}_neg", 0],
-                       "latent_image": [f"{prefix}_lat", 0], "seed": seed, "steps": 4, "cfg": 3.0,
-                       "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0},
-        },  # fmt: skip
+            "inputs": {
+                "model": model,
+                "positive": [f"{prefix}_pos", 0],
+                "negative": [f"{prefix}_neg", 0],
+                "latent_image": [f"{prefix}_lat", 0],
+                "seed": seed,
+                "steps": 4,
+                "cfg": 3.0,
+                "sampler_name": "euler",
+                "scheduler": "normal",
+                "denoise": 1.0,
+            },
+        },
         f"{prefix}_dec": {"class_type": "VAEDecode", "inputs": {"samples": [f"{prefix}_ks", 0], "vae": vae}},
-        f"{prefix}_save": {"class_type": "SaveImage", "inputs": {"images": [f"{prefix}_dec", 0], "filename_prefix": prefix}},
+        f"{prefix}_save": {
+            "class_type": "SaveImage",
+            "inputs": {"images": [f"{prefix}_dec", 0], "filename_prefix": prefix},
+        },
     }
 
 
@@ -43,9 +65,14 @@ def train_and_sample(dataset_dir: str, **train_overrides) -> dict:
         "data": {"class_type": "LoraTrain_LoadDataset", "inputs": dataset},
         "train": {
             "class_type": "LoraTrain_TrainLoRA",
-            "inputs": {"model": ["ckpt", 0], "clip": ["ckpt", 1], "vae": ["ckpt", 2], "dataset": ["data", 0],
-                       **train_settings(**train_overrides)},
-        },  # fmt: skip
+            "inputs": {
+                "model": ["ckpt", 0],
+                "clip": ["ckpt", 1],
+                "vae": ["ckpt", 2],
+                "dataset": ["data", 0],
+                **train_settings(**train_overrides),
+            },
+        },
     }
     workflow |= sample_nodes("after", ["train", 0], ["train", 1], ["ckpt", 2])
     workflow |= sample_nodes("before", ["ckpt", 0], ["ckpt", 1], ["ckpt", 2])
@@ -58,8 +85,13 @@ def lora_loader_sample(lora_name: str, strength: float = 1.0) -> dict:
         "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CKPT}},
         "lora": {
             "class_type": "LoraLoader",
-            "inputs": {"model": ["ckpt", 0], "clip": ["ckpt", 1], "lora_name": lora_name,
-                       "strength_model": strength, "strength_clip": strength},
-        },  # fmt: skip
+            "inputs": {
+                "model": ["ckpt", 0],
+                "clip": ["ckpt", 1],
+                "lora_name": lora_name,
+                "strength_model": strength,
+                "strength_clip": strength,
+            },
+        },
     }
     return workflow | sample_nodes("loader", ["lora", 0], ["lora", 1], ["ckpt", 2])
