@@ -181,3 +181,35 @@ def test_text_encoder_training_writes_kohya_te_keys_and_restores_the_clip(
     key_map = comfy.lora.model_lora_keys_clip(clip.cond_stage_model, {})
     prefixes = {k.rsplit(".", 2)[0] if k.endswith(".weight") else k.rsplit(".", 1)[0] for k in te_keys}
     assert prefixes <= set(key_map), sorted(prefixes - set(key_map))[:5]
+
+
+class _CancelAt(ComfyHost):
+    """The real host; the user presses Cancel (ComfyUI's interrupt flag) when step `cancel_at` is reported."""
+
+    cancel_at = 2
+
+    def report(self, progress):
+        super().report(progress)
+        if progress.step == self.cancel_at:
+            import comfy.model_management as mm
+
+            mm.interrupt_current_processing(True)
+
+
+def test_cancel_stops_within_one_step_and_restores_the_model(tiny_checkpoint, style_dataset_dir, tmp_path):
+    import comfy.model_management as mm
+
+    model, clip, vae = tiny_checkpoint
+    before = _snapshot(model)
+    host = _CancelAt(model, clip, vae)
+    steps_seen = []
+    host.send_event = lambda _event, data: steps_seen.append(data["step"])
+    cfg = TrainConfig.from_dict({"rank": 4, "steps": 50, "batch_size": 2, "resolution": 64, "log_every": 1})
+    try:
+        with pytest.raises(mm.InterruptProcessingException), torch.inference_mode():
+            train_lora(cfg, load_dataset(style_dataset_dir), host, tmp_path)
+    finally:
+        mm.interrupt_current_processing(False)
+    assert steps_seen == [1, 2], "training went on after Cancel"
+    assert not list(tmp_path.glob("*.safetensors"))
+    _assert_restored(model, before)
