@@ -109,9 +109,7 @@ def target_filter(cfg: TrainConfig, root: torch.nn.Module) -> Callable[[str, tor
     def include(path: str, module: torch.nn.Module) -> bool:
         is_conv = isinstance(module, torch.nn.Conv2d)
         is_pointwise = isinstance(module, torch.nn.Linear) or (is_conv and tuple(module.kernel_size) == (1, 1))
-        if cfg.targets == "all_linear":
-            return is_pointwise
-        if is_pointwise and inside(path, attention):
+        if is_pointwise and (cfg.targets == "all_linear" or inside(path, attention)):
             return True
         return with_convs and is_conv and inside(path, conv)
 
