@@ -74,3 +74,11 @@ def pytest_runtest_makereport(item, call):
         server = item.funcargs.get("comfy")
         if server is not None:
             report.sections.append(("ComfyUI server log", server.log_tail()))
+
+
+@pytest.fixture(scope="session")
+def comfy_lib(host):
+    """ComfyUI imported in-process as a library (CPU), for tests of the host adapter without a server."""
+    from lora_train.host.bootstrap import import_comfy
+
+    return import_comfy(host.comfyui, cpu=True)

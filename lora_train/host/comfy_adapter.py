@@ -1,0 +1,275 @@
+"""The one place the trainer touches ComfyUI: model management, sampling, encoders, progress and Cancel.
+
+Host APIs used (all present in 0.3.75 and upstream ~0.38; optional ones are probed with `hasattr`):
+`comfy.model_management.load_models_gpu / throw_exception_if_processing_interrupted / soft_empty_cache`,
+`ModelPatcher.model / load_device / get_model_object("model_sampling") / clone`, `BaseModel.diffusion_model /
+model_config / process_latent_in / extra_conds / process_timestep / get_dtype / manual_cast_dtype`,
+`VAE.encode`, `CLIP.tokenize / encode_from_tokens`, `comfy.utils.unet_to_diffusers / ProgressBar`,
+`comfy.sd.load_lora_for_models`, `server.PromptServer.instance.send_sync`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from lora_train.config import TrainConfig
+from lora_train.data import LoraDataset
+from lora_train.train import Example, Progress, TrainingError
+
+log = logging.getLogger(__name__)
+
+# model_config class name -> modelspec architecture of the LoRA (families whose training is verified here).
+ARCHITECTURES = {
+    "SD15": "stable-diffusion-v1/lora",
+    "SD20": "stable-diffusion-v2-768-v/lora",
+    "SD21UnclipL": "stable-diffusion-v2-768-v/lora",
+    "SD21UnclipH": "stable-diffusion-v2-768-v/lora",
+}
+PROGRESS_EVENT = "lora_train.train_progress"
+
+
+def model_family(model) -> str:
+    """ComfyUI's name for the model's family (its model_config class), e.g. SD15, SDXL, Flux."""
+    base = getattr(model, "model", None)
+    if base is None or not hasattr(base, "diffusion_model"):
+        raise TrainingError("the MODEL input is not a diffusion model; connect a checkpoint or UNet loader's MODEL")
+    return type(base.model_config).__name__
+
+
+def bucket_size(width: int, height: int, resolution: int, multiple: int = 64) -> tuple[int, int]:
+    """The bucket (w, h), multiples of 64, area <= resolution^2, aspect ratio closest to the image's."""
+    aspect = width / height
+    best, best_err = (resolution, resolution), float("inf")
+    max_side = resolution * 2
+    for w in range(multiple, max_side + 1, multiple):
+        h = (resolution * resolution // w) // multiple * multiple
+        if h < multiple or h > max_side:
+            continue
+        err = abs(math.log((w / h) / aspect))
+        if err < best_err - 1e-9:
+            best, best_err = (w, h), err
+    return best
+
+
+def fit_to_bucket(image, size: tuple[int, int]):
+    """Scale so the image covers `size`, then center-crop to it."""
+    from PIL import Image
+
+    w, h = size
+    scale = max(w / image.width, h / image.height)
+    resized = image.resize((max(w, round(image.width * scale)), max(h, round(image.height * scale))), Image.LANCZOS)
+    left, top = (resized.width - w) // 2, (resized.height - h) // 2
+    return resized.crop((left, top, left + w, top + h))
+
+
+def caption_with_trigger(caption: str, trigger: str) -> str:
+    """Prepend the trigger word unless the caption already starts with it."""
+    caption, trigger = caption.strip(), trigger.strip()
+    if not trigger or caption.lower().startswith(trigger.lower()):
+        return caption or trigger
+    return f"{trigger}, {caption}" if caption else trigger
+
+
+def _fresh_parameters(module: torch.nn.Module) -> int:
+    """Replace inference-mode parameters/buffers with ordinary tensors of equal value (see HOST.md); return count.
+
+    ComfyUI loads weights under inference mode; autograd refuses to save those for backward. Cloning the tensor
+    in place (`p.data = ...`) is not enough, the Parameter object itself must be new.
+    """
+    replaced = 0
+    for sub in module.modules():
+        for name, param in list(sub._parameters.items()):
+            if param is not None and param.is_inference():
+                sub._parameters[name] = torch.nn.Parameter(param.clone(), requires_grad=False)
+                replaced += 1
+        for name, buf in list(sub._buffers.items()):
+            if buf is not None and buf.is_inference():
+                sub._buffers[name] = buf.clone()
+                replaced += 1
+    return replaced
+
+
+@dataclass
+class ComfySession:
+    """The diffusion model lent to the loop for one run."""
+
+    model: Any  # ModelPatcher
+    diffusion_model: torch.nn.Module
+    sampling: Any
+    device: torch.device
+    dtype: torch.dtype
+    prefixes: dict[str, str] = field(default_factory=dict)
+
+    def kohya_prefix(self, module_path: str) -> str:
+        """kohya key prefix; diffusers-style block names (what kohya writes), LDM names where none exists."""
+        return "lora_unet_" + self.prefixes.get(module_path, module_path).replace(".", "_")
+
+    def collate(self, conds: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        """Concatenate per-example ComfyUI conds (CONDRegular & co) into batch tensors on the device."""
+        first = conds[0]
+        return {key: first[key].concat([c[key] for c in conds[1:]]).to(self.device) for key in first}
+
+    def predict(self, model_input, sigmas, timesteps, cond, noisy) -> torch.Tensor:
+        """The raw diffusion-model output (eps, v or flow), as BaseModel would compute it before denoising."""
+        base = self.model.model
+        extra = dict(cond)
+        x = model_input
+        if "c_concat" in extra:
+            x = torch.cat([x, extra.pop("c_concat").to(x)], dim=1)
+        context = extra.pop("c_crossattn", None)
+        dtype = getattr(base, "manual_cast_dtype", None) or self.dtype
+        x = x.to(dtype)
+        if context is not None:
+            context = context.to(dtype)
+        extra = {k: (v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in extra.items()}
+        t = base.process_timestep(timesteps.float(), x=noisy, **extra)
+        return base.diffusion_model(x, t, context=context, control=None, transformer_options={}, **extra)
+
+
+def _diffusers_names(base) -> dict[str, str]:
+    """LDM module path -> diffusers module path for UNet models (kohya's naming for SD1/SD2/SDXL LoRAs)."""
+    import comfy.utils
+
+    unet_config = getattr(base.model_config, "unet_config", {})
+    mapping = comfy.utils.unet_to_diffusers(unet_config) if "num_res_blocks" in unet_config else {}
+    return {ldm[: -len(".weight")]: diff[: -len(".weight")] for diff, ldm in mapping.items() if ldm.endswith(".weight")}
+
+
+class ComfyHost:
+    """Adapter from a ComfyUI MODEL (+ CLIP, VAE) to the trainer's `TrainingHost` protocol."""
+
+    def __init__(self, model, clip, vae, *, node_id: str | None = None, send_event: Callable | None = None):
+        self.family = model_family(model)
+        if self.family not in ARCHITECTURES:
+            raise TrainingError(
+                f"ComfyUI detected this model as {self.family}; training it is not supported yet "
+                f"(supported: {', '.join(sorted(ARCHITECTURES))})"
+            )
+        if vae is None or clip is None:
+            raise TrainingError("Train LoRA needs the checkpoint's CLIP and VAE: connect both from the loader")
+        self.model, self.clip, self.vae = model, clip, vae
+        self.node_id = node_id
+        self.send_event = send_event
+        self.architecture = ARCHITECTURES[self.family]
+        self.base_model_name = self.family
+        self._progress_bar = None
+
+    # ---- encoding (once per image and caption) -------------------------------------------------------------
+    def _encode_text(self, text: str) -> dict[str, Any]:
+        tokens = self.clip.tokenize(text)
+        encoded = self.clip.encode_from_tokens(tokens, return_pooled=True, return_dict=True)
+        cond = encoded.pop("cond")
+        return {"cross_attn": cond, **encoded}
+
+    def _model_conds(self, text_out: dict[str, Any], latents: torch.Tensor) -> dict[str, Any]:
+        base = self.model.model
+        height, width = latents.shape[-2] * 8, latents.shape[-1] * 8
+        conds = base.extra_conds(device=torch.device("cpu"), noise=latents, width=width, height=height,
+                                 **text_out)  # fmt: skip
+        return {k: type(v)(v.cond.detach().clone()) if torch.is_tensor(v.cond) else v for k, v in conds.items()}
+
+    def encode_examples(self, dataset: LoraDataset, cfg: TrainConfig) -> list[Example]:
+        """VAE-encode every image once (at its bucket size) and text-encode every distinct caption once."""
+        import numpy as np
+
+        texts: dict[str, dict[str, Any]] = {}
+        examples = []
+        with torch.inference_mode():
+            for index, item in enumerate(dataset.items):
+                try:
+                    image = item.load()
+                except Exception as exc:  # PIL raises many types for broken files
+                    raise TrainingError(f"cannot read training image {item.path or index}: {exc}") from exc
+                image = fit_to_bucket(image, bucket_size(image.width, image.height, cfg.resolution))
+                pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0)[None]
+                latents = self.model.model.process_latent_in(self.vae.encode(pixels)).float().cpu()
+                caption = caption_with_trigger(item.caption, cfg.trigger_word)
+                for text in (caption, ""):
+                    if text not in texts:
+                        texts[text] = self._encode_text(text)
+                self.check_cancel()
+                examples.append((latents, texts[caption], texts[""], item.repeats))
+        # Leave inference mode with ordinary tensors: autograd must be able to save them.
+        out = []
+        for latents, cond, empty, repeats in examples:
+            latents = latents.clone()
+            out.append(Example(latents[0], self._model_conds(cond, latents), self._model_conds(empty, latents), repeats))
+        return out
+
+    # ---- the training session -------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def session(self, cfg: TrainConfig) -> Iterator[ComfySession]:
+        """Load the model where ComfyUI wants it (making room), make it trainable, restore it afterwards."""
+        import comfy.model_management as mm
+
+        # Room for adapters, optimizer state and activations on top of the weights; ComfyUI unloads other models.
+        extra = int(cfg.batch_size * (cfg.resolution / 512) ** 2 * 2.5 * 1024**3)
+        kwargs = {"memory_required": extra}
+        if "force_full_load" in mm.load_models_gpu.__code__.co_varnames:
+            kwargs["force_full_load"] = True
+        mm.load_models_gpu([self.model], **kwargs)
+        base = self.model.model
+        diffusion = base.diffusion_model
+        replaced = _fresh_parameters(diffusion)
+        log.debug("made %d inference tensors trainable-safe", replaced)
+        was_training = diffusion.training
+        grads_before = {name: p.requires_grad for name, p in diffusion.named_parameters()}
+        try:
+            for p in diffusion.parameters():
+                p.requires_grad_(False)
+            with torch.inference_mode(False), torch.enable_grad():
+                yield ComfySession(
+                    self.model, diffusion, self.model.get_model_object("model_sampling"),
+                    self.model.load_device, base.get_dtype(), _diffusers_names(base),
+                )  # fmt: skip
+        finally:
+            for name, p in diffusion.named_parameters():
+                p.grad = None
+                p.requires_grad_(grads_before.get(name, False))
+            diffusion.train(was_training)
+            if hasattr(mm, "soft_empty_cache"):
+                mm.soft_empty_cache()
+
+    # ---- progress and cancel --------------------------------------------------------------------------------
+    def check_cancel(self) -> None:
+        import comfy.model_management as mm
+
+        mm.throw_exception_if_processing_interrupted()
+
+    def report(self, progress: Progress) -> None:
+        import comfy.utils
+
+        if self._progress_bar is None:
+            self._progress_bar = comfy.utils.ProgressBar(progress.total)
+        self._progress_bar.update_absolute(progress.step, progress.total)
+        if self.send_event is not None:
+            self.send_event(PROGRESS_EVENT, {
+                "node": self.node_id, "step": progress.step, "total": progress.total, "loss": progress.loss,
+                "smoothed_loss": progress.smoothed_loss, "lr": progress.lr, "eta_s": progress.eta_s,
+                "elapsed_s": progress.elapsed_s,
+            })  # fmt: skip
+
+
+def apply_lora(model, clip, lora_tensors: dict[str, torch.Tensor], strength_model: float, strength_clip: float):
+    """MODEL and CLIP with a LoRA applied through ComfyUI's own loader path (as LoraLoader does)."""
+    import comfy.sd
+
+    return comfy.sd.load_lora_for_models(model, clip, lora_tensors, strength_model, strength_clip)
+
+
+def send_event_to_client(event: str, data: dict) -> None:
+    """Send a namespaced websocket event to the client that queued the running prompt."""
+    try:
+        from server import PromptServer
+    except ImportError:  # used as a library (CLI): nobody to tell
+        return
+    instance = getattr(PromptServer, "instance", None)
+    if instance is not None:
+        instance.send_sync(event, data, getattr(instance, "client_id", None))

@@ -1,0 +1,315 @@
+"""The training loop: encode once, then noise -> predict -> loss -> backward -> step, saving as it goes.
+
+The loop knows nothing about ComfyUI. A host (`lora_train.host.comfy_adapter.ComfyHost`, or a pure-torch
+stand-in in the tests) encodes the dataset, lends the diffusion model for the session (and restores it after),
+predicts the raw model output, and receives progress. See DESIGN.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from lora_train.config import TrainConfig
+from lora_train.data import LoraDataset
+from lora_train.losses import diffusion_batch, sample_noise, sample_timesteps, training_loss
+from lora_train.optim import make_optimizer, make_scheduler
+
+log = logging.getLogger(__name__)
+
+
+class TrainingError(RuntimeError):
+    """Training cannot start or continue; the message names the setting, file or step."""
+
+
+@dataclass
+class Example:
+    """One cached training example: model-space latents and the host's encoded conditioning for its caption."""
+
+    latents: torch.Tensor  # [C, h, w], already through the model's process_latent_in
+    cond: Any
+    empty_cond: Any = None  # the empty caption's conditioning, for caption dropout
+    repeats: int = 1
+
+
+@dataclass
+class Progress:
+    """What the host is told every `log_every` steps."""
+
+    step: int
+    total: int
+    loss: float
+    smoothed_loss: float
+    lr: float
+    eta_s: float
+    elapsed_s: float
+
+
+class TrainingSession(Protocol):
+    """The diffusion model lent for training; created by `TrainingHost.session()`."""
+
+    diffusion_model: torch.nn.Module
+    sampling: Any
+    device: torch.device
+
+    def kohya_prefix(self, module_path: str) -> str: ...
+    def collate(self, conds: list[Any]) -> Any: ...
+    def predict(self, model_input: torch.Tensor, sigmas: torch.Tensor, timesteps: torch.Tensor, cond: Any,
+                noisy: torch.Tensor) -> torch.Tensor: ...  # fmt: skip
+
+
+class TrainingHost(Protocol):
+    """What the loop needs from the world around it."""
+
+    base_model_name: str
+    architecture: str
+
+    def encode_examples(self, dataset: LoraDataset, cfg: TrainConfig) -> list[Example]: ...
+    def session(self, cfg: TrainConfig) -> contextlib.AbstractContextManager[TrainingSession]: ...
+    def check_cancel(self) -> None: ...
+    def report(self, progress: Progress) -> None: ...
+
+
+@dataclass
+class TrainResult:
+    """What a run produced."""
+
+    lora_path: Path
+    lora_tensors: dict[str, torch.Tensor]
+    metadata: dict[str, str]
+    loss_history: list[tuple[int, float]] = field(default_factory=list)
+    steps: int = 0
+    saved: list[Path] = field(default_factory=list)
+
+
+# ---- targets -------------------------------------------------------------------------------------------------
+ATTENTION_CONTAINERS = ("SpatialTransformer", "SpatialVideoTransformer", "Transformer2DModel")
+CONV_CONTAINERS = ("ResBlock", "Downsample", "Upsample", "VideoResBlock")
+
+
+def target_filter(cfg: TrainConfig, root: torch.nn.Module) -> Callable[[str, torch.nn.Module], bool]:
+    """Which layers of `root` get adapters, as `include(path, module)` for `network.find_targets`."""
+    attention = [n for n, m in root.named_modules() if type(m).__name__ in ATTENTION_CONTAINERS]
+    conv = [n for n, m in root.named_modules() if type(m).__name__ in CONV_CONTAINERS]
+    with_convs = cfg.targets == "attention_and_conv" or cfg.network == "locon"
+
+    def inside(path: str, prefixes: list[str]) -> bool:
+        return any(path.startswith(p + ".") for p in prefixes)
+
+    def include(path: str, module: torch.nn.Module) -> bool:
+        is_conv = isinstance(module, torch.nn.Conv2d)
+        is_pointwise = isinstance(module, torch.nn.Linear) or (is_conv and tuple(module.kernel_size) == (1, 1))
+        if cfg.targets == "all_linear":
+            return is_pointwise
+        if is_pointwise and inside(path, attention):
+            return True
+        return with_convs and is_conv and inside(path, conv)
+
+    return include
+
+
+# ---- data order ----------------------------------------------------------------------------------------------
+class BatchOrder:
+    """Seeded epochs over examples (with repeats); a batch never mixes latent shapes (aspect buckets)."""
+
+    def __init__(self, examples: list[Example], batch_size: int, generator: torch.Generator):
+        self.shapes = [tuple(e.latents.shape) for e in examples]
+        self.repeats = [max(1, e.repeats) for e in examples]
+        self.batch_size = batch_size
+        self.generator = generator
+        self.epoch = 0
+        self._queue: list[list[int]] = []
+
+    def batches_per_epoch(self) -> int:
+        counts: dict[tuple, int] = {}
+        for shape, repeats in zip(self.shapes, self.repeats, strict=True):
+            counts[shape] = counts.get(shape, 0) + repeats
+        return sum(math.ceil(n / self.batch_size) for n in counts.values())
+
+    def _new_epoch(self) -> None:
+        by_shape: dict[tuple, list[int]] = {}
+        for index, (shape, repeats) in enumerate(zip(self.shapes, self.repeats, strict=True)):
+            by_shape.setdefault(shape, []).extend([index] * repeats)
+        batches = []
+        for indices in by_shape.values():
+            perm = torch.randperm(len(indices), generator=self.generator).tolist()
+            shuffled = [indices[i] for i in perm]
+            batches += [shuffled[i : i + self.batch_size] for i in range(0, len(shuffled), self.batch_size)]
+        order = torch.randperm(len(batches), generator=self.generator).tolist()
+        self._queue = [batches[i] for i in order]
+        self.epoch += 1
+
+    def next(self) -> list[int]:
+        if not self._queue:
+            self._new_epoch()
+        return self._queue.pop(0)
+
+
+# ---- helpers -------------------------------------------------------------------------------------------------
+AUTOCAST = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def validate_inputs(cfg: TrainConfig, dataset: LoraDataset) -> None:
+    """Refuse what cannot train before any work starts."""
+    if len(dataset.items) == 0:
+        where = f" in {dataset.root}" if dataset.root else ""
+        raise TrainingError(f"the dataset is empty: no images found{where}; add images or check the folder path")
+    empty = [str(item.path or f"image {i}") for i, item in enumerate(dataset.items) if not item.caption.strip()]
+    if empty and not cfg.trigger_word.strip():
+        listed = ", ".join(empty[:5]) + (" ..." if len(empty) > 5 else "")
+        raise TrainingError(
+            f"{len(empty)} image(s) have no caption ({listed}); add .txt captions or a metadata.csv, run Auto-label, "
+            "or set trigger_word so every image has at least that"
+        )
+
+
+def total_steps(cfg: TrainConfig, order: BatchOrder) -> int:
+    """Optimizer steps for the run: `steps`, or `epochs` worth of batches divided by gradient accumulation."""
+    if cfg.epochs > 0:
+        return max(1, cfg.epochs * order.batches_per_epoch() // cfg.gradient_accumulation)
+    return cfg.steps
+
+
+def _adapter_spec(cfg: TrainConfig):
+    from lora_train.network import AdapterSpec
+
+    return AdapterSpec(rank=cfg.rank, alpha=cfg.alpha, dropout=cfg.dropout, network=cfg.network)
+
+
+@contextlib.contextmanager
+def gradient_checkpointing(root: torch.nn.Module, enabled: bool) -> Iterator[int]:
+    """Recompute each top-level block of `root` in backward (blocks = items of its ModuleLists)."""
+    blocks = [b for child in root.children() if isinstance(child, torch.nn.ModuleList) for b in child] if enabled else []
+    from torch.utils.checkpoint import checkpoint
+
+    for block in blocks:
+        original = block.forward
+
+        def wrapped(*args, _original=original, **kwargs):
+            return checkpoint(_original, *args, use_reentrant=False, **kwargs)
+
+        block.forward = wrapped
+    try:
+        yield len(blocks)
+    finally:
+        for block in blocks:
+            del block.forward  # back to the class's forward
+
+
+# ---- the loop ------------------------------------------------------------------------------------------------
+def train_lora(
+    cfg: TrainConfig,
+    dataset: LoraDataset,
+    host: TrainingHost,
+    output_dir: str | Path,
+    *,
+    save: Callable[[Path, dict[str, torch.Tensor], dict[str, str]], None] | None = None,
+) -> TrainResult:
+    """Train a LoRA on `dataset` with the model `host` lends; write `<output_dir>/<output_name>.safetensors`."""
+    from lora_train.lora_io import build_metadata, save_lora
+    from lora_train.network import AdapterSet, find_targets
+
+    save = save or save_lora
+    validate_inputs(cfg, dataset)
+    output_dir = Path(output_dir)
+    started = time.time()
+    examples = host.encode_examples(dataset, cfg)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    order = BatchOrder(examples, cfg.batch_size, generator)
+    steps = total_steps(cfg, order)
+    history: list[tuple[int, float]] = []
+    saved: list[Path] = []
+
+    with host.session(cfg) as session:
+        device = session.device
+        targets = find_targets(session.diffusion_model, target_filter(cfg, session.diffusion_model))
+        if not targets:
+            raise TrainingError(f"no layers matched targets={cfg.targets!r} in this model; try targets=all_linear")
+        torch.manual_seed(cfg.seed)
+        adapters = AdapterSet.create(targets, _adapter_spec(cfg), key_prefix_for=session.kohya_prefix, device=device)
+        params = [p for p in adapters.parameters() if p.requires_grad]
+        optimizer = make_optimizer(cfg.optimizer, [{"params": params, "lr": cfg.learning_rate}], cfg.weight_decay)
+        scheduler = make_scheduler(cfg.lr_scheduler, optimizer, steps, cfg.warmup_steps)
+        autocast_dtype = AUTOCAST[cfg.mixed_precision]
+        scaler = torch.amp.GradScaler(device.type, enabled=cfg.mixed_precision == "fp16")
+        log.info("training %d adapters (%d params) for %d steps on %s", len(targets), sum(p.numel() for p in params),
+                 steps, device)  # fmt: skip
+
+        def metadata(step: int) -> dict[str, str]:
+            return build_metadata(
+                cfg.to_dict(), base_model_name=host.base_model_name, architecture=host.architecture,
+                network=cfg.network, rank=cfg.rank, alpha=cfg.alpha, steps=step, epochs=order.epoch,
+                dataset=dataset, started_at=started, title=cfg.output_name, trigger_words=cfg.trigger_word,
+            )  # fmt: skip
+
+        running = torch.zeros((), device=device)
+        smoothed = None
+        window_start, window_steps = time.time(), 0
+        adapters.attach()
+        try:
+            with gradient_checkpointing(session.diffusion_model, cfg.gradient_checkpointing):
+                for step in range(steps):
+                    for _ in range(cfg.gradient_accumulation):
+                        indices = order.next()
+                        latents = torch.stack([examples[i].latents for i in indices]).to(device)
+                        drop = torch.rand(len(indices), generator=generator) < cfg.caption_dropout
+                        conds = [examples[i].empty_cond if d else examples[i].cond for i, d in zip(indices, drop, strict=True)]
+                        noise = sample_noise(latents, generator, cfg.noise_offset)
+                        batch = diffusion_batch(session.sampling, latents, noise, sample_timesteps(len(indices), generator))
+                        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                            pred = session.predict(batch.model_input, batch.sigmas, batch.timesteps,
+                                                   session.collate(conds), noise)  # fmt: skip
+                        loss = training_loss(pred, batch, loss=cfg.loss, delta=cfg.huber_delta,
+                                             min_snr_gamma=cfg.min_snr_gamma) / cfg.gradient_accumulation  # fmt: skip
+                        scaler.scale(loss).backward()
+                        running += loss.detach()
+                    if cfg.max_grad_norm > 0:
+                        scaler.unscale_(optimizer)
+                        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                    scaler.step(optimizer)
+                    scaler.update()
+                    optimizer.zero_grad(set_to_none=True)
+                    lr = scheduler.get_last_lr()[0]
+                    scheduler.step()
+                    host.check_cancel()
+                    window_steps += 1
+                    done = step + 1
+                    # One host<->device sync every log_every steps, not every step (or every step on the CPU).
+                    if done % cfg.log_every == 0 or done == steps or device.type == "cpu":
+                        mean_loss = float(running) / window_steps
+                        if not math.isfinite(mean_loss):
+                            raise TrainingError(
+                                f"the loss became {mean_loss} by step {done} (lr {lr:.3g}, mixed_precision="
+                                f"{cfg.mixed_precision}); lower learning_rate, or use bf16/no instead of fp16. "
+                                "No LoRA was written for this step."
+                            )
+                        if done % cfg.log_every == 0 or done == steps:
+                            smoothed = mean_loss if smoothed is None else 0.9 * smoothed + 0.1 * mean_loss
+                            history.append((done, mean_loss))
+                            elapsed = time.time() - started
+                            rate = (time.time() - window_start) / window_steps
+                            host.report(Progress(done, steps, mean_loss, smoothed, lr, rate * (steps - done), elapsed))
+                            running.zero_()
+                            window_start, window_steps = time.time(), 0
+                    if cfg.save_steps and done % cfg.save_steps == 0 and done < steps:
+                        path = output_dir / f"{cfg.output_name}_s{done:06d}.safetensors"
+                        save(path, adapters.state_dict_kohya(), metadata(done))
+                        saved.append(path)
+            tensors = {k: v.detach().float().cpu().contiguous() for k, v in adapters.state_dict_kohya().items()}
+        finally:
+            adapters.detach()
+
+    final_metadata = metadata(steps)
+    lora_path = output_dir / f"{cfg.output_name}.safetensors"
+    save(lora_path, tensors, final_metadata)
+    saved.append(lora_path)
+    log.info("saved %s after %d steps in %.1fs", lora_path, steps, time.time() - started)
+    return TrainResult(lora_path, tensors, final_metadata, history, steps, saved)

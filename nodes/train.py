@@ -1,0 +1,92 @@
+"""Train LoRA node: dataset + MODEL/CLIP/VAE in, MODEL/CLIP with the trained LoRA applied out (plus the file)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from lora_train.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+DATASET_TYPE = "LORA_DATASET"
+
+
+def _loras_dir() -> Path:
+    import folder_paths
+
+    return Path(folder_paths.get_folder_paths("loras")[0])
+
+
+def _save_preview(image, prefix: str) -> dict:
+    """Save a PIL image in ComfyUI's temp folder and return the `ui.images` entry that shows it on the node."""
+    import folder_paths
+
+    folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(prefix, folder_paths.get_temp_directory(),
+                                                                           image.width, image.height)  # fmt: skip
+    filename = f"{name}_{counter:05}_.png"
+    image.save(Path(folder) / filename, compress_level=1)
+    return {"filename": filename, "subfolder": subfolder, "type": "temp"}
+
+
+class TrainLoRA:
+    """Train a LoRA on the connected model and output the model with it applied, ready for KSampler."""
+
+    CATEGORY = "LoRA Train/training"
+    FUNCTION = "execute"
+    OUTPUT_NODE = True
+    RETURN_TYPES = ("MODEL", "CLIP", "STRING", "LOSS_MAP")
+    RETURN_NAMES = ("model", "clip", "lora_name", "loss")
+    OUTPUT_TOOLTIPS = (
+        "The input model with the trained LoRA applied (strength 1): connect to KSampler.",
+        "The input CLIP, with the LoRA's text-encoder part when the text encoder was trained.",
+        "File name of the saved LoRA in the loras folder (for LoraLoader / Publish LoRA).",
+        "Loss history {'loss': [...]} (ComfyUI's LOSS_MAP type).",
+    )
+    DESCRIPTION = (
+        "Trains a LoRA with kohya-compatible output on ComfyUI's model management: latents and text are encoded "
+        "once, adapters sit on activations, the base model is left untouched. Saves to models/loras."
+    )
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": ("MODEL", {"tooltip": "The base diffusion model to train the LoRA for."}),
+                "clip": ("CLIP", {"tooltip": "The checkpoint's text encoder (encodes the captions)."}),
+                "vae": ("VAE", {"tooltip": "The checkpoint's VAE (encodes the images once)."}),
+                **TrainConfig.comfy_inputs(),
+            },
+            "optional": {
+                "dataset": (DATASET_TYPE, {"tooltip": "Images + captions from Load LoRA Dataset / Auto-label."}),
+                "images": ("IMAGE", {"tooltip": "Or: a batch of images to train on (with `captions`)."}),
+                "captions": ("STRING", {"multiline": True, "default": "", "forceInput": False,
+                                        "tooltip": "One caption per line for `images` (one line = same caption "
+                                                   "for all)."}),  # fmt: skip
+            },
+            "hidden": {"unique_id": "UNIQUE_ID"},
+        }
+
+    def execute(self, model, clip, vae, dataset=None, images=None, captions="", unique_id=None, **widgets):
+        from lora_train.data import dataset_from_images
+        from lora_train.host.comfy_adapter import ComfyHost, apply_lora, send_event_to_client
+        from lora_train.plot import loss_chart
+        from lora_train.train import TrainingError, train_lora
+
+        cfg = TrainConfig.from_dict(widgets)
+        if dataset is None:
+            if images is None:
+                raise TrainingError("connect a dataset (Load LoRA Dataset) or images + captions to Train LoRA")
+            dataset = dataset_from_images(images, captions.splitlines() or [""])
+        host = ComfyHost(model, clip, vae, node_id=unique_id, send_event=send_event_to_client)
+        result = train_lora(cfg, dataset, host, _loras_dir())
+        strength_clip = 1.0 if cfg.train_text_encoder else 0.0
+        model_out, clip_out = apply_lora(model, clip, result.lora_tensors, 1.0, strength_clip)
+        chart = _save_preview(loss_chart(result.loss_history), "lora_train_loss")
+        loss_map = {"loss": [loss for _, loss in result.loss_history], "steps": [s for s, _ in result.loss_history]}
+        ui = {"images": [chart], "lora_name": [result.lora_path.name]}
+        return {"ui": ui, "result": (model_out, clip_out, result.lora_path.name, loss_map)}
+
+
+NODE_CLASS_MAPPINGS = {"LoraTrain_TrainLoRA": TrainLoRA}
+NODE_DISPLAY_NAME_MAPPINGS = {"LoraTrain_TrainLoRA": "Train LoRA"}
