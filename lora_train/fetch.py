@@ -14,6 +14,7 @@ import logging
 import os
 import random
 import re
+import struct
 import time
 import urllib.parse
 from collections.abc import Callable
@@ -26,7 +27,7 @@ from lora_train.fetchplan import PlannedFile, plan_files
 from lora_train.fsutil import sha256_file
 from lora_train.httpget import NEXT, RETRY, STOP, AttemptError, HttpClient, TransferOptions, download_into
 from lora_train.netpolicy import Credential, PolicyError, redact_url, url_key
-from lora_train.safetensors_file import SafetensorsError, read_header
+from lora_train.safetensors_file import MAX_HEADER_BYTES, SafetensorsError, read_header
 from lora_train.settings import Settings, setting
 
 log = logging.getLogger(__name__)
@@ -313,7 +314,7 @@ def fetch_lora(
         raise FetchError("the download held no .safetensors file")
     first, _, changed = next((r for r in results if any(p in loras for p in r[1])), results[0])
     primary = loras[0]
-    status = first.status if changed or first.status != "downloaded" else "present"
+    status = first.status if changed else "present"
     ctx.reporter.status("done", downloaded=primary.stat().st_size, total=primary.stat().st_size)
     root = Path(loras_dir).resolve()
     return FetchResult(
@@ -403,7 +404,7 @@ def _try_link(url: str, item: PlannedFile, partial, ctx: _Context, failures: lis
                 restarted_after_mismatch = True  # spliced bytes from another source: one clean try from zero
                 ctx.attempts.append(f"{err} (resumed bytes discarded; downloading again from zero)")
                 continue
-            setbacks = 0 if err.received else setbacks + 1
+            setbacks = 0 if err.made_progress else setbacks + 1
             if err.action == RETRY and setbacks <= cfg.retries:
                 delay = _retry_delay(cfg, setbacks, err.retry_after)
                 if delay is not None:
@@ -443,6 +444,12 @@ def _prefix_checker(cfg: FetchConfig, item: PlannedFile) -> Callable[[bytes, int
             )
         if kind == "pickle" and not cfg.allow_pickle:
             raise AttemptError(_pickle_refusal(item.display_name), STOP)
+        if kind == "unknown" and len(prefix) >= 8:
+            (header_len,) = struct.unpack("<Q", prefix[:8])
+            if header_len > MAX_HEADER_BYTES:  # refuse before downloading the rest
+                raise AttemptError(
+                    f"not safetensors: header length {header_len} exceeds the {MAX_HEADER_BYTES}-byte cap", NEXT
+                )
 
     return check
 
@@ -475,12 +482,12 @@ def _accept(transfer, url: str, link: str, item: PlannedFile, partial, ctx: _Con
         raise AttemptError(message, "mismatch-resumed" if resumed else NEXT)
     kind = _kind_of(partial.path)
     try:
-        if kind == "safetensors":
-            read_header(partial.path)
+        if kind in ("safetensors", "unknown"):
+            read_header(partial.path)  # says exactly what is wrong with a broken header
         elif kind == "pickle" and not ctx.cfg.allow_pickle:
             partial.discard()
             raise AttemptError(_pickle_refusal(item.display_name), STOP)
-        elif kind not in ("zip", "pickle"):
+        elif kind not in ("zip", "pickle", "unknown"):
             raise SafetensorsError(f"not a safetensors file or zip archive (looks like {kind})")
     except SafetensorsError as exc:
         partial.discard()

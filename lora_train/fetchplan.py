@@ -15,12 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lora_train.httpget import AttemptError, HttpClient
+from lora_train.manifest import ManifestError, load_manifest
 from lora_train.netpolicy import PolicyError, expand_hf, redact_url
-
-try:  # the real module lands from the `publish` branch; until then a stand-in with the same API
-    from lora_train.manifest import ManifestError, load_manifest
-except ImportError:  # pragma: no cover - removed once manifest.py is merged
-    from lora_train._manifest_fallback import ManifestError, load_manifest
 
 if TYPE_CHECKING:
     from lora_train.fetch import FetchConfig

@@ -46,11 +46,14 @@ STOP = "stop"  # no mirror can help (e.g. a pickle was refused): give up now
 class AttemptError(Exception):
     """One attempt at one URL failed. `action` is RETRY, NEXT or STOP; `retry_after` is the server's wish (s)."""
 
-    def __init__(self, message: str, action: str, *, retry_after: float | None = None, received: int = 0):
+    def __init__(
+        self, message: str, action: str, *, retry_after: float | None = None, received: int = 0, stalled: bool = False
+    ):
         super().__init__(message)
         self.action = action
         self.retry_after = retry_after
         self.received = received
+        self.made_progress = received > 0 and not stalled  # a stalled link is not "making progress"
 
 
 class HttpClient:
@@ -366,6 +369,7 @@ def _receive(response, url, final_url, partial, options, offset, key, on_bytes, 
                         f"{redact_url(url)}: too slow ({speed:.0f} B/s for {now - window_start:.0f} s)",
                         RETRY,
                         received=received,
+                        stalled=True,
                     )
                 window_start, window_bytes = now, 0
         if offset == 0 and prefix and len(prefix) < ERROR_BODY_CAP and total is None:

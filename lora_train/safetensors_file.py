@@ -55,7 +55,9 @@ def parse_header(prefix: bytes, file_size: int, *, name: str = "file") -> Safete
     if not isinstance(header, dict):
         raise SafetensorsError(f"{name}: header is not a JSON object")
     metadata = header.pop("__metadata__", None) or {}
-    if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+    if not isinstance(metadata, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+    ):
         raise SafetensorsError(f"{name}: __metadata__ must map strings to strings")
     data_start = 8 + header_len
     data_size = file_size - data_start

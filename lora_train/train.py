@@ -187,7 +187,9 @@ def _adapter_spec(cfg: TrainConfig):
 @contextlib.contextmanager
 def gradient_checkpointing(root: torch.nn.Module, enabled: bool) -> Iterator[int]:
     """Recompute each top-level block of `root` in backward (blocks = items of its ModuleLists)."""
-    blocks = [b for child in root.children() if isinstance(child, torch.nn.ModuleList) for b in child] if enabled else []
+    blocks = (
+        [b for child in root.children() if isinstance(child, torch.nn.ModuleList) for b in child] if enabled else []
+    )
     from torch.utils.checkpoint import checkpoint
 
     for block in blocks:
@@ -261,9 +263,14 @@ def train_lora(
                         indices = order.next()
                         latents = torch.stack([examples[i].latents for i in indices]).to(device)
                         drop = torch.rand(len(indices), generator=generator) < cfg.caption_dropout
-                        conds = [examples[i].empty_cond if d else examples[i].cond for i, d in zip(indices, drop, strict=True)]
+                        conds = [
+                            examples[i].empty_cond if d else examples[i].cond
+                            for i, d in zip(indices, drop, strict=True)
+                        ]
                         noise = sample_noise(latents, generator, cfg.noise_offset)
-                        batch = diffusion_batch(session.sampling, latents, noise, sample_timesteps(len(indices), generator))
+                        batch = diffusion_batch(
+                            session.sampling, latents, noise, sample_timesteps(len(indices), generator)
+                        )
                         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                             pred = session.predict(batch.model_input, batch.sigmas, batch.timesteps,
                                                    session.collate(conds), noise)  # fmt: skip

@@ -139,7 +139,9 @@ def _diffusers_names(base) -> dict[str, str]:
 
     unet_config = getattr(base.model_config, "unet_config", {})
     mapping = comfy.utils.unet_to_diffusers(unet_config) if "num_res_blocks" in unet_config else {}
-    return {ldm[: -len(".weight")]: diff[: -len(".weight")] for diff, ldm in mapping.items() if ldm.endswith(".weight")}
+    return {
+        ldm[: -len(".weight")]: diff[: -len(".weight")] for diff, ldm in mapping.items() if ldm.endswith(".weight")
+    }
 
 
 class ComfyHost:
@@ -200,7 +202,9 @@ class ComfyHost:
         out = []
         for latents, cond, empty, repeats in examples:
             latents = latents.clone()
-            out.append(Example(latents[0], self._model_conds(cond, latents), self._model_conds(empty, latents), repeats))
+            out.append(
+                Example(latents[0], self._model_conds(cond, latents), self._model_conds(empty, latents), repeats)
+            )
         return out
 
     # ---- the training session -------------------------------------------------------------------------------

@@ -71,7 +71,9 @@ def tiny_sd15_state_dict(seed: int = SEED) -> dict[str, torch.Tensor]:
     _init_(vae, generator)
 
     clip_config_path = Path(comfy.sd1_clip.__file__).parent / "sd1_clip_config.json"
-    clip_config = CLIPTextConfig(**{k: v for k, v in json.loads(clip_config_path.read_text()).items() if k != "architectures"})
+    clip_config = CLIPTextConfig(
+        **{k: v for k, v in json.loads(clip_config_path.read_text()).items() if k != "architectures"}
+    )
     torch.manual_seed(seed)
     clip = CLIPTextModel(clip_config)
 
