@@ -128,7 +128,7 @@ def test_file_names_are_sanitised(server, lora, loras, make_cfg):
 
 
 def test_name_comes_from_content_disposition_when_the_link_has_none(server, lora, loras, make_cfg):
-    headers = {"Content-Disposition": "attachment; filename=\"pixel_v3.safetensors\""}
+    headers = {"Content-Disposition": 'attachment; filename="pixel_v3.safetensors"'}
     url = server.add("/download/8d1f", Route(body=lora, extra_headers=headers))
     assert fetch_lora(make_cfg(url), loras).lora_name == "pixel_v3.safetensors"
 
