@@ -297,8 +297,8 @@ def fetch_lora(
         planned, trigger_words = plan_files(cfg, client, endpoints)
     except (PolicyError, PlacementError) as exc:
         raise FetchError(str(exc)) from None
-    placed: list[Path] = []
-    results: list[tuple[_Fetched, list[Path], bool]] = []
+    placed: dict[Path, str] = {}  # path -> sha256, in placement order
+    results: list[tuple[_Fetched, dict[Path, str], bool]] = []
     for index, item in enumerate(planned):
         ctx.reporter.status("connecting", file=item.display_name, file_index=index, file_count=len(planned))
         fetched = _fetch_verified(item, ctx)
@@ -307,28 +307,18 @@ def fetch_lora(
             paths, changed = _place_fetched(fetched, item, dest_dir, ctx)
         except (PlacementError, archive.ArchiveError, SafetensorsError) as exc:
             raise FetchError(f"{item.display_name}: {exc}; nothing was written to the loras folder") from None
-        placed += paths
+        placed.update(paths)
         results.append((fetched, paths, changed))
     loras = [p for p in placed if p.suffix.lower() != ".md"]
     if not loras:
         raise FetchError("the download held no .safetensors file")
-    first, _, changed = next((r for r in results if any(p in loras for p in r[1])), results[0])
     primary = loras[0]
-    status = first.status if changed else "present"
-    ctx.reporter.status("done", downloaded=primary.stat().st_size, total=primary.stat().st_size)
-    root = Path(loras_dir).resolve()
-    return FetchResult(
-        primary.relative_to(root).as_posix(),
-        primary,
-        sha256_file(primary),
-        primary.stat().st_size,
-        ctx.downloaded,
-        first.mirror,
-        status,
-        placed,
-        ctx.attempts,
-        trigger_words,
-    )
+    first, _, changed = next(r for r in results if primary in r[1])
+    size = primary.stat().st_size
+    ctx.reporter.status("done", downloaded=size, total=size)
+    name = primary.relative_to(Path(loras_dir).resolve()).as_posix()
+    return FetchResult(name, primary, placed[primary], size, ctx.downloaded, first.mirror,
+                       first.status if changed else "present", list(placed), ctx.attempts, trigger_words)  # fmt: skip
 
 
 def _fetch_verified(item: PlannedFile, ctx: _Context) -> _Fetched:
@@ -525,14 +515,16 @@ def _final_name(fetched: _Fetched, item: PlannedFile, cfg: FetchConfig) -> str:
     return name if name.lower().endswith(wanted) else Path(name).stem + wanted
 
 
-def _place_fetched(fetched: _Fetched, item: PlannedFile, dest_dir: Path, ctx: _Context) -> tuple[list[Path], bool]:
-    """Put a verified blob in the loras folder (unpacking archives); returns placed paths and whether any changed."""
+def _place_fetched(
+    fetched: _Fetched, item: PlannedFile, dest_dir: Path, ctx: _Context
+) -> tuple[dict[Path, str], bool]:
+    """Put a verified blob in the loras folder (unpacking archives); returns {path: sha256} and whether any changed."""
     cfg = ctx.cfg
     if fetched.kind != "zip":
         path, changed = place(
             fetched.blob, dest_dir, _final_name(fetched, item, cfg), fetched.sha256, overwrite=cfg.overwrite
         )
-        return [path], changed
+        return {path: fetched.sha256}, changed
     limits = archive.ZipLimits(cfg.max_size_mb * 1024 * 1024, cfg.max_zip_ratio)
     with ctx.cache.staging() as staging:
         members = archive.extract_members(fetched.blob, staging, limits)
@@ -547,11 +539,10 @@ def _place_fetched(fetched: _Fetched, item: PlannedFile, dest_dir: Path, ctx: _C
         cards = [(n, p) for n, p in members if n.lower().endswith(".md")]
         if len(weights) == 1 and len(cards) == 1:  # one LoRA + one card: the card sits beside it, same stem
             renames[cards[0][0]] = Path(renames[weights[0][0]]).stem + ".md"
-        placed, any_changed = [], False
+        placed, any_changed = {}, False
         for name, path in weights + cards:
-            target, changed = place(
-                path, dest_dir, renames.get(name, name), sha256_file(path), overwrite=cfg.overwrite
-            )
-            placed.append(target)
+            digest = sha256_file(path)
+            target, changed = place(path, dest_dir, renames.get(name, name), digest, overwrite=cfg.overwrite)
+            placed[target] = digest
             any_changed |= changed
     return placed, any_changed

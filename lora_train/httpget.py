@@ -12,13 +12,16 @@ import hashlib
 import http.client
 import json
 import logging
+import queue
 import socket
 import ssl
+import threading
 import time
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from lora_train import __version__
 from lora_train.fsutil import CHUNK, atomic_write_text
@@ -66,7 +69,7 @@ class HttpClient:
         self.timeout = timeout
         self.max_redirects = max_redirects
         self.credentials = credentials
-        self._ssl = ssl.create_default_context()
+        self._ssl: ssl.SSLContext | None = None
 
     def _connection(self, parts: urllib.parse.SplitResult) -> http.client.HTTPConnection:
         host, port = parts.hostname or "", url_port(parts)
@@ -89,6 +92,7 @@ class HttpClient:
             raise last_error
 
         if parts.scheme.lower() == "https":
+            self._ssl = self._ssl or ssl.create_default_context()
             conn: http.client.HTTPConnection = http.client.HTTPSConnection(
                 host, port, timeout=self.timeout, context=self._ssl
             )
@@ -256,6 +260,102 @@ def _fail_on_status(response: http.client.HTTPResponse, url: str) -> None:
     raise AttemptError(f"{reason}" + (f" ({hints[status]})" if status in hints else ""), NEXT)
 
 
+class _HashingWriter:
+    """Writes chunks to the partial file in the caller's thread and hashes them on a worker thread, so the hash
+    overlaps network and disk (hashlib releases the GIL). Buffers are recycled: `buffer()` hands out a free one,
+    `put()` writes it and queues it for hashing."""
+
+    def __init__(self, handle: BinaryIO, digest: hashlib._Hash, buffers: int = 8):
+        self.handle, self.digest = handle, digest
+        self.free: queue.Queue[bytearray] = queue.Queue()
+        for _ in range(buffers):
+            self.free.put(bytearray(CHUNK))
+        self.full: queue.Queue[tuple[bytearray, int] | None] = queue.Queue()
+        self.thread = threading.Thread(target=self._run, name="fetch-hasher", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while (item := self.full.get()) is not None:
+            buffer, size = item
+            with memoryview(buffer) as view:
+                self.digest.update(view[:size])
+            self.free.put(buffer)
+
+    def buffer(self) -> bytearray:
+        return self.free.get()
+
+    def put(self, buffer: bytearray, size: int) -> None:
+        try:
+            with memoryview(buffer) as view:
+                self.handle.write(view[:size])
+        except BaseException:
+            self.free.put(buffer)
+            raise
+        self.full.put((buffer, size))
+
+    def close(self) -> None:
+        """Wait until every chunk is hashed and flush the file."""
+        self.full.put(None)
+        self.thread.join()
+        self.handle.flush()
+
+
+def _read_into(response: http.client.HTTPResponse, buffer: bytearray) -> int:
+    """Fill `buffer` with the next body bytes (at most one socket read); 0 at the end of the body."""
+    if response.chunked or response.length is None:
+        data = response.read1(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+    if not response.length or response.fp is None:
+        return 0
+    with memoryview(buffer) as view:
+        size = response.fp.readinto1(view[: min(len(buffer), response.length)])
+    response.length -= size  # keep http.client's own count right (we bypass its read methods)
+    return size
+
+
+class _Body:
+    """Per-response bookkeeping: byte count and limits, the early content check, the low-speed watchdog."""
+
+    def __init__(self, url: str, offset: int, total: int | None, options: TransferOptions, content_type: str,
+                 check_prefix: Callable[[bytes, int | None, str], None]):  # fmt: skip
+        self.url, self.offset, self.total, self.options = url, offset, total, options
+        self.content_type, self.check_prefix = content_type, check_prefix
+        self.limit = options.expected_size if options.expected_size is not None else options.max_size
+        self.received = 0
+        self.prefix = b""
+        self.window_start, self.window_bytes = time.monotonic(), 0
+
+    def failure(self, what: str, action: str, *, stalled: bool = False) -> AttemptError:
+        return AttemptError(f"{redact_url(self.url)}: {what}", action, received=self.received, stalled=stalled)
+
+    def inspect(self, buffer: bytearray, size: int) -> None:
+        """Account for one chunk; raise AttemptError when the body must be refused or the link is too slow."""
+        if self.offset == 0 and len(self.prefix) < ERROR_BODY_CAP:
+            self.prefix += bytes(buffer[: min(size, ERROR_BODY_CAP - len(self.prefix))])
+            if len(self.prefix) >= min(ERROR_BODY_CAP, self.total or ERROR_BODY_CAP):
+                self.check_prefix(self.prefix, self.total, self.content_type)
+        self.received += size
+        if self.offset + self.received > self.limit:
+            raise self.failure(f"server sent more than {self.limit} bytes", NEXT)
+        now = time.monotonic()
+        self.window_bytes += size
+        elapsed = now - self.window_start
+        if self.options.low_speed_time and elapsed >= self.options.low_speed_time:
+            speed = self.window_bytes / elapsed
+            if speed < self.options.low_speed_limit:
+                raise self.failure(f"too slow ({speed:.0f} B/s for {elapsed:.0f} s)", RETRY, stalled=True)
+            self.window_start, self.window_bytes = now, 0
+
+    def finish(self) -> None:
+        """After the last byte: check a short body of unknown length, and that nothing is missing."""
+        done = self.offset + self.received
+        if self.offset == 0 and self.prefix and len(self.prefix) < ERROR_BODY_CAP and self.total is None:
+            self.check_prefix(self.prefix, done, self.content_type)
+        if self.total is not None and done < self.total:
+            raise self.failure(f"connection closed after {done} of {self.total} bytes", RETRY)
+
+
 def download_into(
     client: HttpClient,
     url: str,
@@ -330,57 +430,39 @@ def _receive(response, url, final_url, partial, options, offset, key, on_bytes, 
     )
     partial.save()
     digest = _hash_prefix(partial.path, offset) if offset else hashlib.sha256()
-    received = 0
-    limit = options.expected_size if options.expected_size is not None else options.max_size
-    content_type = response.getheader("Content-Type") or ""
-    prefix = b""
-    window_start, window_bytes = time.monotonic(), 0
-    with open(partial.path, "r+b" if offset else "wb") as handle:
-        handle.seek(offset)
-        handle.truncate()
-        while True:
-            cancel()
+    body = _Body(url, offset, total, options, response.getheader("Content-Type") or "", check_prefix)
+    try:
+        with open(partial.path, "r+b" if offset else "wb") as handle:
+            handle.seek(offset)
+            handle.truncate()
+            writer = _HashingWriter(handle, digest)
             try:
-                chunk = response.read1(CHUNK)
-            except (OSError, http.client.HTTPException) as exc:
-                raise AttemptError(
-                    f"{redact_url(url)}: {_describe_network_error(exc)} after {offset + received} bytes",
-                    RETRY,
-                    received=received,
-                ) from None
-            if not chunk:
-                break
-            if offset == 0 and len(prefix) < ERROR_BODY_CAP:
-                prefix += chunk[: ERROR_BODY_CAP - len(prefix)]
-                if len(prefix) >= min(ERROR_BODY_CAP, total or ERROR_BODY_CAP):
-                    check_prefix(prefix, total, content_type)
-            handle.write(chunk)
-            digest.update(chunk)
-            received += len(chunk)
-            if offset + received > limit:
-                raise AttemptError(f"{redact_url(url)}: server sent more than {limit} bytes", NEXT, received=received)
-            on_bytes(offset + received, total)
-            now = time.monotonic()
-            window_bytes += len(chunk)
-            if options.low_speed_time and now - window_start >= options.low_speed_time:
-                speed = window_bytes / (now - window_start)
-                if speed < options.low_speed_limit:
-                    raise AttemptError(
-                        f"{redact_url(url)}: too slow ({speed:.0f} B/s for {now - window_start:.0f} s)",
-                        RETRY,
-                        received=received,
-                        stalled=True,
-                    )
-                window_start, window_bytes = now, 0
-        if offset == 0 and prefix and len(prefix) < ERROR_BODY_CAP and total is None:
-            check_prefix(prefix, offset + received, content_type)
-        handle.flush()
-        if total is not None and offset + received < total:
-            raise AttemptError(
-                f"{redact_url(url)}: connection closed after {offset + received} of {total} bytes",
-                RETRY,
-                received=received,
-            )
+                while True:
+                    cancel()
+                    buffer = writer.buffer()
+                    try:
+                        size = _read_into(response, buffer)
+                    except (OSError, http.client.HTTPException) as exc:
+                        writer.free.put(buffer)
+                        raise body.failure(_describe_network_error(exc), RETRY) from None
+                    if not size:
+                        writer.free.put(buffer)
+                        break
+                    try:
+                        body.inspect(buffer, size)
+                    except AttemptError:
+                        writer.free.put(buffer)
+                        raise
+                    writer.put(buffer, size)
+                    on_bytes(offset + body.received, total)
+            finally:
+                writer.close()
+            body.finish()
+    except AttemptError as err:
+        if err.action != RETRY:  # refused content: nothing worth resuming
+            partial.discard()
+        raise
+    received = body.received
     return Transfer(
         final_url, offset + received, received, offset, digest.hexdigest(), content_disposition=disposition
     )
