@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lora_train import archive
-from lora_train.fetchcache import FetchCache, PlacementError, default_cache_dir, destination_dir, key_for, place
+from lora_train.fetchcache import FetchCache, default_cache_dir, key_for
+from lora_train.fetchplace import PlacementError, destination_dir, disposition_name, place_blob, url_name
 from lora_train.fetchplan import PlannedFile, plan_files
 from lora_train.fsutil import sha256_file
 from lora_train.httpget import NEXT, RETRY, STOP, AttemptError, HttpClient, TransferOptions, download_into
@@ -304,7 +305,11 @@ def fetch_lora(
         fetched = _fetch_verified(item, ctx)
         ctx.reporter.status("unpacking" if fetched.kind == "zip" else "verifying")
         try:
-            paths, changed = _place_fetched(fetched, item, dest_dir, ctx)
+            names = [item.name or "", url_name(item.urls[0]), fetched.name_hint]
+            limits = archive.ZipLimits(cfg.max_size_mb * 1024 * 1024, cfg.max_zip_ratio)
+            paths, changed = place_blob(fetched.blob, fetched.kind, fetched.sha256, names, dest_dir,
+                                        staging=ctx.cache.staging, filename=cfg.filename, overwrite=cfg.overwrite,
+                                        limits=limits)  # fmt: skip
         except (PlacementError, archive.ArchiveError, SafetensorsError) as exc:
             raise FetchError(f"{item.display_name}: {exc}; nothing was written to the loras folder") from None
         placed.update(paths)
@@ -486,63 +491,5 @@ def _accept(transfer, url: str, link: str, item: PlannedFile, partial, ctx: _Con
     blob = ctx.cache.store_blob(partial, transfer.sha256)
     ctx.cache.remember_link(link, {"sha256": transfer.sha256, "etag": etag, "last_modified": modified})
     ctx.attempts.append(f"{where}: {transfer.total} bytes, sha256 {transfer.sha256[:12]}… verified")
-    hint = _disposition_name(transfer.content_disposition) or _url_name(transfer.final_url)
+    hint = disposition_name(transfer.content_disposition) or url_name(transfer.final_url)
     return _Fetched(blob, transfer.sha256, kind, where, "downloaded", hint)
-
-
-def _disposition_name(header: str) -> str:
-    match = re.search(r"filename\*=UTF-8''([^;]+)", header, re.IGNORECASE) or re.search(
-        r'filename="?([^";]+)"?', header, re.IGNORECASE
-    )
-    return urllib.parse.unquote(match.group(1)) if match else ""
-
-
-def _url_name(url: str) -> str:
-    return urllib.parse.unquote(urllib.parse.urlsplit(url).path.rsplit("/", 1)[-1])
-
-
-_SUFFIX_FOR_KIND = {"safetensors": ".safetensors", "zip": ".zip", "pickle": ".ckpt"}
-
-
-def _final_name(fetched: _Fetched, item: PlannedFile, cfg: FetchConfig) -> str:
-    """File name: the config's, the manifest's, the link's (if it has the right suffix), else the server's."""
-    candidates = [cfg.filename, item.name or "", _url_name(item.urls[0]), fetched.name_hint]
-    wanted = _SUFFIX_FOR_KIND.get(fetched.kind, ".safetensors")
-    good = [c for c in candidates if c and Path(c).suffix.lower() in (wanted, *archive.PICKLE_SUFFIXES)]
-    name = archive.sanitize_name(good[0] if good else (next((c for c in candidates if c), "lora")))
-    if fetched.kind == "pickle":
-        return name if Path(name).suffix.lower() in archive.PICKLE_SUFFIXES else name + wanted
-    return name if name.lower().endswith(wanted) else Path(name).stem + wanted
-
-
-def _place_fetched(
-    fetched: _Fetched, item: PlannedFile, dest_dir: Path, ctx: _Context
-) -> tuple[dict[Path, str], bool]:
-    """Put a verified blob in the loras folder (unpacking archives); returns {path: sha256} and whether any changed."""
-    cfg = ctx.cfg
-    if fetched.kind != "zip":
-        path, changed = place(
-            fetched.blob, dest_dir, _final_name(fetched, item, cfg), fetched.sha256, overwrite=cfg.overwrite
-        )
-        return {path: fetched.sha256}, changed
-    limits = archive.ZipLimits(cfg.max_size_mb * 1024 * 1024, cfg.max_zip_ratio)
-    with ctx.cache.staging() as staging:
-        members = archive.extract_members(fetched.blob, staging, limits)
-        weights = [(n, p) for n, p in members if n.lower().endswith(".safetensors")]
-        if not weights:
-            raise archive.ArchiveError("the archive holds no .safetensors file")
-        for _name, path in weights:
-            read_header(path)
-        renames = {}
-        if len(weights) == 1:
-            renames[weights[0][0]] = archive.sanitize_name(cfg.filename) if cfg.filename else weights[0][0]
-        cards = [(n, p) for n, p in members if n.lower().endswith(".md")]
-        if len(weights) == 1 and len(cards) == 1:  # one LoRA + one card: the card sits beside it, same stem
-            renames[cards[0][0]] = Path(renames[weights[0][0]]).stem + ".md"
-        placed, any_changed = {}, False
-        for name, path in weights + cards:
-            digest = sha256_file(path)
-            target, changed = place(path, dest_dir, renames.get(name, name), digest, overwrite=cfg.overwrite)
-            placed[target] = digest
-            any_changed |= changed
-    return placed, any_changed

@@ -6,7 +6,6 @@ Layout under the cache folder (never inside the loras folder, so nothing partial
   urls/<key>.json         sha256 + validators last seen for a link (conditional re-fetch when no hash is given)
   locks/<key>.lock        one fetch per file at a time, across threads and processes
   staging/                archives being unpacked
-Placement into the loras folder is a hard link (or copy) to a temporary name, then an atomic rename.
 """
 
 from __future__ import annotations
@@ -22,15 +21,11 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from lora_train.fsutil import atomic_write_text, sha256_file
+from lora_train.fsutil import atomic_write_text
 from lora_train.httpget import PartialFile
 
 _THREAD_LOCKS: dict[str, threading.Lock] = {}
 _THREAD_LOCKS_GUARD = threading.Lock()
-
-
-class PlacementError(ValueError):
-    """The destination is outside the loras folder, is a link, or holds a different file; the message says which."""
 
 
 def default_cache_dir() -> Path:
@@ -131,50 +126,3 @@ else:
 
     def _unlock_file(handle) -> None:
         fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-
-
-# ---- placement ----------------------------------------------------------------------------------------------------
-def destination_dir(loras_dir: Path, subfolder: str) -> Path:
-    """`loras_dir/subfolder`, created, after checking (with links resolved) that it stays inside `loras_dir`."""
-    root = Path(loras_dir).resolve()
-    parts = [p for p in subfolder.replace("\\", "/").split("/") if p not in ("", ".")]
-    if subfolder.strip().startswith(("/", "\\")) or any(p == ".." or ":" in p for p in parts):
-        raise PlacementError(f"subfolder {subfolder!r} must be a relative folder inside the loras folder (no '..')")
-    target = root.joinpath(*parts)
-    target.mkdir(parents=True, exist_ok=True)
-    resolved = target.resolve()
-    if not resolved.is_relative_to(root):
-        raise PlacementError(f"subfolder {subfolder!r} leads outside the loras folder ({resolved}) through a link")
-    return resolved
-
-
-def place(source: Path, dest_dir: Path, name: str, sha256: str, *, overwrite: bool) -> tuple[Path, bool]:
-    """Put `source` at `dest_dir/name` atomically; returns (path, changed). Same content already there: no-op."""
-    target = dest_dir / name
-    if target.is_symlink():
-        raise PlacementError(f"{target} is a link; remove it or choose another file name")
-    if target.exists():
-        if target.stat().st_size == source.stat().st_size and sha256_file(target) == sha256:
-            return target, False
-        if not overwrite:
-            raise PlacementError(
-                f"{target} already exists with different content; turn on overwrite or choose "
-                "another file name or subfolder"
-            )
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=dest_dir)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        tmp.unlink()
-        try:
-            os.link(source, tmp)  # same file system: no copy, no extra disk space
-        except OSError:
-            shutil.copyfile(source, tmp)
-            with open(tmp, "rb+") as handle:
-                os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    return target, True

@@ -375,3 +375,11 @@ def test_zip_without_safetensors_is_refused(server, loras, make_cfg):
     url = server.add("/x.zip", Route(body=make_zip({"model.ckpt": b"\x80\x04x"})))
     with pytest.raises(FetchError, match=r"no \.safetensors file"):
         fetch_lora(make_cfg(url), loras)
+
+
+def test_archive_is_placed_all_or_nothing(server, loras, make_cfg):
+    (loras / "b.safetensors").write_bytes(b"someone else's")
+    url = server.add("/two.zip", Route(body=make_zip({"a.safetensors": make_lora(1), "b.safetensors": make_lora(2)})))
+    with pytest.raises(FetchError, match=r"b\.safetensors already exists with different content"):
+        fetch_lora(make_cfg(url), loras)
+    assert files_in(loras) == ["b.safetensors"], "a.safetensors must not be placed when b cannot be"
