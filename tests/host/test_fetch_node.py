@@ -95,3 +95,24 @@ def test_fetch_node_refuses_loopback_unless_allowed_and_says_why(comfy):
         with pytest.raises(WorkflowError, match="loopback address; set allow_private_addresses"):
             comfy.run_workflow(flow)
         assert server.requests == []
+
+
+def test_cancel_stops_the_download_and_keeps_the_partial_for_later(comfy):
+    lora = tiny_sd15_lora(seed=5)
+    with FaultServer() as server:
+        url = server.add("/slow_v1.safetensors", Route(body=lora, trickle=(2048, 0.05)))
+        inputs = fetch_inputs(urls=url, allow_private_addresses=True)
+        flow = {"1": {"class_type": "LoraTrain_FetchLoRA", "inputs": inputs}}
+
+        def cancel_once_downloading(event: dict) -> None:
+            data = event.get("data") or {}
+            if event.get("type") == "lora_train.fetch_progress" and data.get("status") == "downloading":
+                if not getattr(cancel_once_downloading, "sent", False):
+                    cancel_once_downloading.sent = True
+                    comfy.interrupt()
+
+        result = comfy.run_workflow(flow, on_event=cancel_once_downloading)
+        assert result.events_of("execution_interrupted"), "the run was not interrupted"
+        assert not (comfy.models_dir / "loras" / "slow_v1.safetensors").exists()
+        partials = list((comfy.base_dir / "user" / "__lora_train" / "fetch_cache" / "partial").glob("*.part"))
+        assert partials and 0 < partials[0].stat().st_size < len(lora)
