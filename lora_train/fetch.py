@@ -27,7 +27,7 @@ from lora_train.fetchplace import PlacementError, destination_dir, disposition_n
 from lora_train.fetchplan import PlannedFile, plan_files
 from lora_train.fsutil import sha256_file
 from lora_train.httpget import NEXT, RETRY, STOP, AttemptError, HttpClient, TransferOptions, download_into
-from lora_train.netpolicy import Credential, PolicyError, redact_url, url_key
+from lora_train.netpolicy import HF_OFFICIAL, Credential, PolicyError, redact_url, url_key
 from lora_train.safetensors_file import MAX_HEADER_BYTES, SafetensorsError, read_header
 from lora_train.settings import Settings, setting
 
@@ -249,15 +249,15 @@ def _sleeper(check: Callable[[], None]) -> Callable[[float], None]:
     return sleep
 
 
-def _credentials(cfg: FetchConfig, endpoints: list[str]) -> tuple[Credential, ...]:
+def _credentials(cfg: FetchConfig) -> tuple[Credential, ...]:
     creds: list[Credential] = []
     token = cfg.token or os.environ.get("LORA_TRAIN_FETCH_TOKEN", "")
     if token:
         hosts = {urllib.parse.urlsplit(link).hostname for link in cfg.links() if "://" in link}
         creds += [Credential(host, token) for host in sorted(h for h in hosts if h)]
     hf_token = os.environ.get("HF_TOKEN", "")
-    if hf_token:
-        creds += [Credential(urllib.parse.urlsplit(e).hostname or "", hf_token) for e in endpoints]
+    if hf_token:  # only to Hugging Face itself: a mirror endpoint is a third party and never sees the token
+        creds.append(Credential(urllib.parse.urlsplit(HF_OFFICIAL).hostname or "", hf_token))
     return tuple(creds)
 
 
@@ -283,7 +283,7 @@ def fetch_lora(
         allow_private=cfg.allow_private_addresses,
         timeout=cfg.timeout,
         max_redirects=cfg.max_redirects,
-        credentials=_credentials(cfg, endpoints),
+        credentials=_credentials(cfg),
     )
     ctx = _Context(
         cfg,
@@ -342,7 +342,10 @@ def _fetch_verified(item: PlannedFile, ctx: _Context) -> _Fetched:
         partial = ctx.cache.partial(key)
         failures: list[str] = []
         for url in item.urls:
-            fetched = _try_link(url, item, partial, ctx, failures)
+            try:
+                fetched = _try_link(url, item, partial, ctx, failures)
+            except OSError as exc:  # network errors are handled inside; this is the local disk
+                raise FetchError(f"cannot write the download into {ctx.cache.root}: {exc}") from None
             if fetched is not None:
                 return fetched
     tried = "\n".join(f"  - {line}" for line in failures)

@@ -220,3 +220,11 @@ def test_invalid_manifest_names_the_field(server, loras, make_cfg):
     url = server.add("/m.json", Route(body=b'{"schema": "lora-release/1", "name": "x", "releases": [{"version": 0}]}'))
     with pytest.raises(FetchError, match=r"releases\[0\]"):
         fetch_lora(make_cfg(url), loras)
+
+
+def test_hf_token_goes_to_huggingface_only_never_to_a_mirror_endpoint(lora, loras, make_cfg, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_SECRET")
+    with FaultServer() as mirror:
+        mirror.add("/org/repo/resolve/main/s.safetensors", Route(body=lora))
+        fetch_lora(make_cfg("hf://org/repo/s.safetensors", hf_endpoints=[mirror.url("")]), loras)
+        assert "authorization" not in mirror.requests[0].headers
