@@ -22,59 +22,91 @@ class TrainConfig(Settings):
     """Everything that decides what a LoRA training run does. Defaults follow common SD1.5 kohya practice."""
 
     # ---- the adapter ----------------------------------------------------------------------------------------
-    network: str = setting("lora", "Adapter type: lora (linear layers), locon (also 3x3 convs), dora, loha, lokr.",
-                           choices=NETWORK_CHOICES)  # fmt: skip
+    network: str = setting(
+        "lora",
+        "Adapter type: lora (linear layers), locon (also 3x3 convs), dora, loha, lokr.",
+        choices=NETWORK_CHOICES,
+    )
     rank: int = setting(16, "LoRA rank (dim): capacity of the adapter. 4-32 is typical for styles.", min=1, max=1024)
     alpha: float = setting(
-        8.0, "LoRA alpha: the update is scaled by alpha/rank (kohya convention). rank/2 is a safe default.",
-        min=0.0001, max=4096,
-    )  # fmt: skip
+        8.0,
+        "LoRA alpha: the update is scaled by alpha/rank (kohya convention). rank/2 is a safe default.",
+        min=0.0001,
+        max=4096,
+    )
     dropout: float = setting(0.0, "Dropout on the adapter input during training (regularisation).", min=0.0, max=0.9)
-    targets: str = setting("attention", "Which UNet layers get adapters: attention blocks (kohya default), plus "
-                           "ResBlock convs, or every linear layer.", choices=TARGET_CHOICES)  # fmt: skip
-    train_text_encoder: bool = setting(False, "Also train adapters on the text encoder (costs memory; disables "
-                                       "the text-embedding cache).")  # fmt: skip
+    targets: str = setting(
+        "attention",
+        "Which UNet layers get adapters: attention blocks (kohya default), plus "
+        "ResBlock convs, or every linear layer.",
+        choices=TARGET_CHOICES,
+    )
+    train_text_encoder: bool = setting(
+        False, "Also train adapters on the text encoder (costs memory; disables the text-embedding cache)."
+    )
     text_encoder_lr: float = setting(5e-5, "Learning rate for text-encoder adapters.", min=0.0, max=1.0, advanced=True)
     # ---- optimisation -------------------------------------------------------------------------------------
     learning_rate: float = setting(1e-4, "Peak learning rate for UNet adapters.", min=1e-8, max=1.0)
     steps: int = setting(500, "Optimizer steps to train (used when epochs is 0).", min=1, max=1_000_000)
-    epochs: int = setting(0, "Train for this many passes over the dataset (with repeats) instead of `steps`; 0 = "
-                          "use steps.", min=0, max=10_000)  # fmt: skip
+    epochs: int = setting(
+        0,
+        "Train for this many passes over the dataset (with repeats) instead of `steps`; 0 = use steps.",
+        min=0,
+        max=10_000,
+    )
     batch_size: int = setting(1, "Images per forward pass.", min=1, max=256)
-    gradient_accumulation: int = setting(1, "Forward passes per optimizer step (effective batch = batch_size x "
-                                         "this).", min=1, max=1024)  # fmt: skip
-    optimizer: str = setting("adamw", "Optimizer. adamw8bit needs bitsandbytes, prodigy needs prodigyopt.",
-                             choices=OPTIMIZER_CHOICES)  # fmt: skip
+    gradient_accumulation: int = setting(
+        1, "Forward passes per optimizer step (effective batch = batch_size x this).", min=1, max=1024
+    )
+    optimizer: str = setting(
+        "adamw", "Optimizer. adamw8bit needs bitsandbytes, prodigy needs prodigyopt.", choices=OPTIMIZER_CHOICES
+    )
     weight_decay: float = setting(0.01, "Decoupled weight decay (AdamW family).", min=0.0, max=1.0, advanced=True)
     lr_scheduler: str = setting("constant", "Learning-rate schedule after warmup.", choices=SCHEDULER_CHOICES)
     warmup_steps: int = setting(0, "Linear warmup steps from 0 to the learning rate.", min=0, max=100_000)
-    max_grad_norm: float = setting(1.0, "Clip the adapter gradient norm to this; 0 = no clipping.", min=0.0, max=1e6,
-                                   advanced=True)  # fmt: skip
-    seed: int = setting(42, "Seed for adapter init, data order, noise and timesteps: same seed, same LoRA.",
-                        min=0, max=2**63 - 1)  # fmt: skip
+    max_grad_norm: float = setting(
+        1.0, "Clip the adapter gradient norm to this; 0 = no clipping.", min=0.0, max=1e6, advanced=True
+    )
+    seed: int = setting(
+        42, "Seed for adapter init, data order, noise and timesteps: same seed, same LoRA.", min=0, max=2**63 - 1
+    )
     # ---- the objective ------------------------------------------------------------------------------------
     loss: str = setting("mse", "Loss in the model's own prediction space (eps, v or flow).", choices=LOSS_CHOICES)
     huber_delta: float = setting(0.1, "Delta for the huber / smooth_l1 losses.", min=1e-6, max=10.0, advanced=True)
-    min_snr_gamma: float = setting(0.0, "Min-SNR loss weighting gamma (arXiv 2303.09556); 5 is typical, 0 = off.",
-                                   min=0.0, max=100.0)  # fmt: skip
-    noise_offset: float = setting(0.0, "Noise offset (per-channel constant added to the noise) for darker/brighter "
-                                  "images; 0.05-0.1 typical.", min=0.0, max=1.0)  # fmt: skip
+    min_snr_gamma: float = setting(
+        0.0, "Min-SNR loss weighting gamma (arXiv 2303.09556); 5 is typical, 0 = off.", min=0.0, max=100.0
+    )
+    noise_offset: float = setting(
+        0.0,
+        "Noise offset (per-channel constant added to the noise) for darker/brighter images; 0.05-0.1 typical.",
+        min=0.0,
+        max=1.0,
+    )
     # ---- data ---------------------------------------------------------------------------------------------
-    resolution: int = setting(512, "Training resolution: images are bucketed to about this many pixels squared.",
-                              min=64, max=4096, step=64)  # fmt: skip
+    resolution: int = setting(
+        512, "Training resolution: images are bucketed to about this many pixels squared.", min=64, max=4096, step=64
+    )
     trigger_word: str = setting("", "Prepended to every caption (and written into the file's metadata).")
-    caption_dropout: float = setting(0.0, "Probability of training an image with an empty caption.", min=0.0, max=1.0,
-                                     advanced=True)  # fmt: skip
+    caption_dropout: float = setting(
+        0.0, "Probability of training an image with an empty caption.", min=0.0, max=1.0, advanced=True
+    )
     # ---- memory / speed -----------------------------------------------------------------------------------
-    mixed_precision: str = setting("no", "Autocast the base model to bf16/fp16; adapter weights stay fp32.",
-                                   choices=PRECISION_CHOICES)  # fmt: skip
+    mixed_precision: str = setting(
+        "no", "Autocast the base model to bf16/fp16; adapter weights stay fp32.", choices=PRECISION_CHOICES
+    )
     gradient_checkpointing: bool = setting(False, "Recompute activations in backward: less memory, ~30% slower.")
     # ---- output -------------------------------------------------------------------------------------------
     output_name: str = setting("my_lora", "File name (without .safetensors) in the loras folder.")
-    save_steps: int = setting(0, "Also save every N steps (file name gets _sNNNNNN); 0 = only at the end.",
-                              min=0, max=1_000_000)  # fmt: skip
-    log_every: int = setting(10, "Read the loss back from the device every N steps (a sync); the chart and the "
-                             "progress bar update then.", min=1, max=10_000, advanced=True)  # fmt: skip
+    save_steps: int = setting(
+        0, "Also save every N steps (file name gets _sNNNNNN); 0 = only at the end.", min=0, max=1_000_000
+    )
+    log_every: int = setting(
+        10,
+        "Read the loss back from the device every N steps (a sync); the chart and the progress bar update then.",
+        min=1,
+        max=10_000,
+        advanced=True,
+    )
 
     ALIASES: ClassVar[dict[str, str]] = {
         "lora_rank": "rank",
@@ -89,8 +121,11 @@ class TrainConfig(Settings):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not self.output_name.strip() or any(c in self.output_name for c in "/\\\0") or self.output_name in (
-            ".", ".."):  # fmt: skip
+        if (
+            not self.output_name.strip()
+            or any(c in self.output_name for c in "/\\\0")
+            or self.output_name in (".", "..")
+        ):
             raise SettingsError(f"output_name must be a plain file name, got {self.output_name!r}")
 
     def fingerprint(

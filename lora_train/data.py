@@ -17,6 +17,7 @@ One bad file never stops loading unless ``strict`` is set: it is named in the re
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import logging
@@ -29,12 +30,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lora_train.buckets import assign_buckets, bucket_resolutions
 from lora_train.settings import Settings, setting
 
 if TYPE_CHECKING:
     from PIL import Image
 
 log = logging.getLogger(__name__)
+
+__all__ = [
+    "DatasetConfig", "DatasetError", "DatasetReport", "ImageItem", "LoraDataset", "assign_buckets",
+    "bucket_resolutions", "dataset_from_images", "folder_fingerprint", "load_dataset", "preview_grid",
+    "probe_image", "read_metadata_csv",
+]  # fmt: skip
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 METADATA_CSV = "metadata.csv"
@@ -411,51 +419,6 @@ def _parse_metadata_csv(path: Path, name: str, problems: _Problems) -> dict[str,
     return rows
 
 
-# ---- aspect-ratio buckets -----------------------------------------------------------------------------------
-
-
-def bucket_resolutions(
-    resolution: int, step: int = 64, min_size: int | None = None, max_size: int | None = None
-) -> list[tuple[int, int]]:
-    """kohya-style buckets: (width, height) pairs, multiples of `step`, area <= resolution², sorted by aspect."""
-    min_size = min_size or max(step, (resolution // 2) // step * step)
-    max_size = max_size or resolution * 2
-    max_area = resolution * resolution
-    buckets: set[tuple[int, int]] = set()
-    width = min_size
-    while width <= max_size:
-        height = min(max_size, (max_area // width) // step * step)
-        if height >= min_size:
-            buckets.add((width, height))
-            buckets.add((height, width))
-        width += step
-    side = resolution // step * step
-    buckets.add((side, side))
-    return sorted(buckets, key=lambda wh: wh[0] / wh[1])
-
-
-def assign_buckets(
-    items: Sequence[ImageItem],
-    resolution: int,
-    *,
-    step: int = 64,
-    min_size: int | None = None,
-    max_size: int | None = None,
-) -> list[tuple[int, int]]:
-    """The bucket (width, height) for each item: the bucket whose aspect ratio is nearest in log space."""
-    buckets = bucket_resolutions(resolution, step, min_size, max_size)
-    log_ratios = [math.log(w / h) for w, h in buckets]
-    chosen = []
-    for item in items:
-        width, height = item.width, item.height
-        if width <= 0 or height <= 0:
-            width, height = item.load().size
-        ratio = math.log(width / height)
-        index = min(range(len(buckets)), key=lambda i: abs(log_ratios[i] - ratio))
-        chosen.append(buckets[index])
-    return chosen
-
-
 def _bucket_counts(items: Sequence[ImageItem], resolution: int) -> dict[str, int]:
     return dict(Counter(f"{w}x{h}" for w, h in assign_buckets(items, resolution)))
 
@@ -530,3 +493,19 @@ def preview_grid(dataset: LoraDataset, max_images: int = 16, cell: int = 128) ->
         y = (index // cols) * cell + (cell - tile.height) // 2
         grid.paste(tile, (x, y))
     return grid
+
+
+def folder_fingerprint(path: str | os.PathLike) -> str:
+    """A hash of every file's name, size and mtime below `path`: changes when the dataset on disk changes."""
+    import hashlib
+
+    digest = hashlib.sha256(str(path).encode())
+    root = Path(path).expanduser()
+    if root.is_dir():
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames.sort()
+            for name in sorted(filenames):
+                with contextlib.suppress(OSError):
+                    stat = (Path(dirpath) / name).stat()
+                    digest.update(f"{dirpath}/{name}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()

@@ -41,8 +41,9 @@ def _adamw8bit(groups: ParamGroups, weight_decay: float) -> torch.optim.Optimize
 def _adafactor(groups: ParamGroups, weight_decay: float) -> torch.optim.Optimizer:
     # Fixed learning rate (our schedule drives it), no relative step: the usual setting for LoRA training.
     transformers_opt = _optional("transformers.optimization", "transformers", "adafactor")
-    return transformers_opt.Adafactor(groups, scale_parameter=False, relative_step=False, warmup_init=False,
-                                      weight_decay=weight_decay)  # fmt: skip
+    return transformers_opt.Adafactor(
+        groups, scale_parameter=False, relative_step=False, warmup_init=False, weight_decay=weight_decay
+    )
 
 
 def _prodigy(groups: ParamGroups, weight_decay: float) -> torch.optim.Optimizer:

@@ -62,8 +62,9 @@ class TrainingSession(Protocol):
 
     def kohya_prefix(self, module_path: str) -> str: ...
     def collate(self, conds: list[Any]) -> Any: ...
-    def predict(self, model_input: torch.Tensor, sigmas: torch.Tensor, timesteps: torch.Tensor, cond: Any,
-                noisy: torch.Tensor) -> torch.Tensor: ...  # fmt: skip
+    def predict(
+        self, model_input: torch.Tensor, sigmas: torch.Tensor, timesteps: torch.Tensor, cond: Any, noisy: torch.Tensor
+    ) -> torch.Tensor: ...
 
 
 class TrainingHost(Protocol):
@@ -242,15 +243,29 @@ def train_lora(
         scheduler = make_scheduler(cfg.lr_scheduler, optimizer, steps, cfg.warmup_steps)
         autocast_dtype = AUTOCAST[cfg.mixed_precision]
         scaler = torch.amp.GradScaler(device.type, enabled=cfg.mixed_precision == "fp16")
-        log.info("training %d adapters (%d params) for %d steps on %s", len(targets), sum(p.numel() for p in params),
-                 steps, device)  # fmt: skip
+        log.info(
+            "training %d adapters (%d params) for %d steps on %s",
+            len(targets),
+            sum(p.numel() for p in params),
+            steps,
+            device,
+        )
 
         def metadata(step: int) -> dict[str, str]:
             return build_metadata(
-                cfg.to_dict(), base_model_name=host.base_model_name, architecture=host.architecture,
-                network=cfg.network, rank=cfg.rank, alpha=cfg.alpha, steps=step, epochs=order.epoch,
-                dataset=dataset, started_at=started, title=cfg.output_name, trigger_words=cfg.trigger_word,
-            )  # fmt: skip
+                cfg.to_dict(),
+                base_model_name=host.base_model_name,
+                architecture=host.architecture,
+                network=cfg.network,
+                rank=cfg.rank,
+                alpha=cfg.alpha,
+                steps=step,
+                epochs=order.epoch,
+                dataset=dataset,
+                started_at=started,
+                title=cfg.output_name,
+                trigger_words=cfg.trigger_word,
+            )
 
         running = torch.zeros((), device=device)
         smoothed = None
@@ -272,10 +287,15 @@ def train_lora(
                             session.sampling, latents, noise, sample_timesteps(len(indices), generator)
                         )
                         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                            pred = session.predict(batch.model_input, batch.sigmas, batch.timesteps,
-                                                   session.collate(conds), noise)  # fmt: skip
-                        loss = training_loss(pred, batch, loss=cfg.loss, delta=cfg.huber_delta,
-                                             min_snr_gamma=cfg.min_snr_gamma) / cfg.gradient_accumulation  # fmt: skip
+                            pred = session.predict(
+                                batch.model_input, batch.sigmas, batch.timesteps, session.collate(conds), noise
+                            )
+                        loss = (
+                            training_loss(
+                                pred, batch, loss=cfg.loss, delta=cfg.huber_delta, min_snr_gamma=cfg.min_snr_gamma
+                            )
+                            / cfg.gradient_accumulation
+                        )
                         scaler.scale(loss).backward()
                         running += loss.detach()
                     if cfg.max_grad_norm > 0:

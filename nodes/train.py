@@ -7,26 +7,15 @@ from pathlib import Path
 
 from lora_train.config import TrainConfig
 
-log = logging.getLogger(__name__)
+from ._ui import DATASET_TYPE, save_temp_preview
 
-DATASET_TYPE = "LORA_DATASET"
+log = logging.getLogger(__name__)
 
 
 def _loras_dir() -> Path:
     import folder_paths
 
     return Path(folder_paths.get_folder_paths("loras")[0])
-
-
-def _save_preview(image, prefix: str) -> dict:
-    """Save a PIL image in ComfyUI's temp folder and return the `ui.images` entry that shows it on the node."""
-    import folder_paths
-
-    folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(prefix, folder_paths.get_temp_directory(),
-                                                                           image.width, image.height)  # fmt: skip
-    filename = f"{name}_{counter:05}_.png"
-    image.save(Path(folder) / filename, compress_level=1)
-    return {"filename": filename, "subfolder": subfolder, "type": "temp"}
 
 
 class TrainLoRA:
@@ -60,9 +49,15 @@ class TrainLoRA:
             "optional": {
                 "dataset": (DATASET_TYPE, {"tooltip": "Images + captions from Load LoRA Dataset / Auto-label."}),
                 "images": ("IMAGE", {"tooltip": "Or: a batch of images to train on (with `captions`)."}),
-                "captions": ("STRING", {"multiline": True, "default": "", "forceInput": False,
-                                        "tooltip": "One caption per line for `images` (one line = same caption "
-                                                   "for all)."}),  # fmt: skip
+                "captions": (
+                    "STRING",
+                    {
+                        "multiline": True,
+                        "default": "",
+                        "forceInput": False,
+                        "tooltip": "One caption per line for `images` (one line = same caption for all).",
+                    },
+                ),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
@@ -82,7 +77,7 @@ class TrainLoRA:
         result = train_lora(cfg, dataset, host, _loras_dir())
         strength_clip = 1.0 if cfg.train_text_encoder else 0.0
         model_out, clip_out = apply_lora(model, clip, result.lora_tensors, 1.0, strength_clip)
-        chart = _save_preview(loss_chart(result.loss_history), "lora_train_loss")
+        chart = save_temp_preview(loss_chart(result.loss_history), "lora_train_loss")
         loss_map = {"loss": [loss for _, loss in result.loss_history], "steps": [s for s, _ in result.loss_history]}
         ui = {"images": [chart], "lora_name": [result.lora_path.name]}
         return {"ui": ui, "result": (model_out, clip_out, result.lora_path.name, loss_map)}

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,7 +19,7 @@ from typing import Any
 import torch
 
 from lora_train.config import TrainConfig
-from lora_train.data import LoraDataset
+from lora_train.data import LoraDataset, assign_buckets
 from lora_train.train import Example, Progress, TrainingError
 
 log = logging.getLogger(__name__)
@@ -41,21 +40,6 @@ def model_family(model) -> str:
     if base is None or not hasattr(base, "diffusion_model"):
         raise TrainingError("the MODEL input is not a diffusion model; connect a checkpoint or UNet loader's MODEL")
     return type(base.model_config).__name__
-
-
-def bucket_size(width: int, height: int, resolution: int, multiple: int = 64) -> tuple[int, int]:
-    """The bucket (w, h), multiples of 64, area <= resolution^2, aspect ratio closest to the image's."""
-    aspect = width / height
-    best, best_err = (resolution, resolution), float("inf")
-    max_side = resolution * 2
-    for w in range(multiple, max_side + 1, multiple):
-        h = (resolution * resolution // w) // multiple * multiple
-        if h < multiple or h > max_side:
-            continue
-        err = abs(math.log((w / h) / aspect))
-        if err < best_err - 1e-9:
-            best, best_err = (w, h), err
-    return best
 
 
 def fit_to_bucket(image, size: tuple[int, int]):
@@ -173,8 +157,7 @@ class ComfyHost:
     def _model_conds(self, text_out: dict[str, Any], latents: torch.Tensor) -> dict[str, Any]:
         base = self.model.model
         height, width = latents.shape[-2] * 8, latents.shape[-1] * 8
-        conds = base.extra_conds(device=torch.device("cpu"), noise=latents, width=width, height=height,
-                                 **text_out)  # fmt: skip
+        conds = base.extra_conds(device=torch.device("cpu"), noise=latents, width=width, height=height, **text_out)
         return {k: type(v)(v.cond.detach().clone()) if torch.is_tensor(v.cond) else v for k, v in conds.items()}
 
     def encode_examples(self, dataset: LoraDataset, cfg: TrainConfig) -> list[Example]:
@@ -183,13 +166,14 @@ class ComfyHost:
 
         texts: dict[str, dict[str, Any]] = {}
         examples = []
+        buckets = assign_buckets(dataset.items, cfg.resolution)
         with torch.inference_mode():
-            for index, item in enumerate(dataset.items):
+            for index, (item, bucket) in enumerate(zip(dataset.items, buckets, strict=True)):
                 try:
                     image = item.load()
                 except Exception as exc:  # PIL raises many types for broken files
                     raise TrainingError(f"cannot read training image {item.path or index}: {exc}") from exc
-                image = fit_to_bucket(image, bucket_size(image.width, image.height, cfg.resolution))
+                image = fit_to_bucket(image, bucket)
                 pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0)[None]
                 latents = self.model.model.process_latent_in(self.vae.encode(pixels)).float().cpu()
                 caption = caption_with_trigger(item.caption, cfg.trigger_word)
@@ -230,9 +214,13 @@ class ComfyHost:
                 p.requires_grad_(False)
             with torch.inference_mode(False), torch.enable_grad():
                 yield ComfySession(
-                    self.model, diffusion, self.model.get_model_object("model_sampling"),
-                    self.model.load_device, base.get_dtype(), _diffusers_names(base),
-                )  # fmt: skip
+                    self.model,
+                    diffusion,
+                    self.model.get_model_object("model_sampling"),
+                    self.model.load_device,
+                    base.get_dtype(),
+                    _diffusers_names(base),
+                )
         finally:
             for name, p in diffusion.named_parameters():
                 p.grad = None
@@ -254,11 +242,19 @@ class ComfyHost:
             self._progress_bar = comfy.utils.ProgressBar(progress.total)
         self._progress_bar.update_absolute(progress.step, progress.total)
         if self.send_event is not None:
-            self.send_event(PROGRESS_EVENT, {
-                "node": self.node_id, "step": progress.step, "total": progress.total, "loss": progress.loss,
-                "smoothed_loss": progress.smoothed_loss, "lr": progress.lr, "eta_s": progress.eta_s,
-                "elapsed_s": progress.elapsed_s,
-            })  # fmt: skip
+            self.send_event(
+                PROGRESS_EVENT,
+                {
+                    "node": self.node_id,
+                    "step": progress.step,
+                    "total": progress.total,
+                    "loss": progress.loss,
+                    "smoothed_loss": progress.smoothed_loss,
+                    "lr": progress.lr,
+                    "eta_s": progress.eta_s,
+                    "elapsed_s": progress.elapsed_s,
+                },
+            )
 
 
 def apply_lora(model, clip, lora_tensors: dict[str, torch.Tensor], strength_model: float, strength_clip: float):

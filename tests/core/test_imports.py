@@ -21,9 +21,12 @@ def test_import_lora_train_core_imports_no_comfyui():
 
     import lora_train
 
-    core = [m.name for m in pkgutil.walk_packages(lora_train.__path__, "lora_train.") if not m.name.startswith(
-        ("lora_train.host", "lora_train.__main__"))]  # fmt: skip
-    loaded = _modules_after("import importlib; [importlib.import_module(m) for m in %r]" % core)
+    core = [
+        m.name
+        for m in pkgutil.walk_packages(lora_train.__path__, "lora_train.")
+        if not m.name.startswith(("lora_train.host", "lora_train.__main__"))
+    ]
+    loaded = _modules_after(f"import importlib; [importlib.import_module(m) for m in {core!r}]")
     assert not loaded & set(HOST_MODULES), f"core imported host modules: {loaded & set(HOST_MODULES)}"
 
 

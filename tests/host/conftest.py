@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,13 +25,18 @@ def tiny_models_dir(host: devhost.Host) -> Path:
     models = devhost.cache_dir() / "models"
     if not (models / "checkpoints" / TINY_SD15_NAME).is_file():
         subprocess.run(
-            [str(host.python), "-c",
-             "import sys; sys.path.insert(0, sys.argv[1]);"
-             "from lora_train.host.bootstrap import import_comfy; import_comfy(sys.argv[2]);"
-             "from lora_train.host.tiny_models import write_tiny_sd15; write_tiny_sd15(sys.argv[3])",
-             str(devhost.REPO_ROOT), str(host.comfyui), str(models)],
+            [
+                str(host.python),
+                "-c",
+                "import sys; sys.path.insert(0, sys.argv[1]);"
+                "from lora_train.host.bootstrap import import_comfy; import_comfy(sys.argv[2]);"
+                "from lora_train.host.tiny_models import write_tiny_sd15; write_tiny_sd15(sys.argv[3])",
+                str(devhost.REPO_ROOT),
+                str(host.comfyui),
+                str(models),
+            ],
             check=True,
-        )  # fmt: skip
+        )
     return models
 
 
@@ -82,3 +86,22 @@ def comfy_lib(host):
     from lora_train.host.bootstrap import import_comfy
 
     return import_comfy(host.comfyui, cpu=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(comfy_lib, tiny_models_dir):
+    """(MODEL, CLIP, VAE) of the tiny SD1.5 checkpoint, loaded in-process with ComfyUI's own loader."""
+    import comfy.sd
+
+    from lora_train.host.tiny_models import TINY_SD15_NAME
+
+    out = comfy.sd.load_checkpoint_guess_config(str(tiny_models_dir / "checkpoints" / TINY_SD15_NAME))
+    return out[0], out[1], out[2]
+
+
+@pytest.fixture(scope="session")
+def style_dataset_dir(tmp_path_factory):
+    """8 generated 64-px red-style images with `.txt` captions."""
+    from lora_train.synthetic import write_style_dataset
+
+    return write_style_dataset(tmp_path_factory.mktemp("style_data"))

@@ -23,8 +23,13 @@ def _sampling(prediction: str):
 def test_loss_matches_diffusers_ddpm_reference(comfy_lib, prediction):
     from diffusers import DDPMScheduler
 
-    scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                              num_train_timesteps=1000, prediction_type=prediction)  # fmt: skip
+    scheduler = DDPMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        prediction_type=prediction,
+    )
     gen = torch.Generator().manual_seed(0)
     latents = torch.randn(6, 4, 8, 8, generator=gen)
     noise = torch.randn(6, 4, 8, 8, generator=gen)

@@ -1,0 +1,159 @@
+"""The trainer on ComfyUI's real model management, in-process: base model restored, file format, bad input."""
+
+import contextlib
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lora_train.config import TrainConfig
+from lora_train.data import LoraDataset, load_dataset
+from lora_train.host.comfy_adapter import ComfyHost, apply_lora
+from lora_train.train import TrainingError, train_lora
+
+pytestmark = pytest.mark.host
+
+
+def _snapshot(model):
+    import comfy.model_management as mm
+
+    mm.load_models_gpu([model])
+    diffusion = model.model.diffusion_model
+    state = {k: v.detach().clone() for k, v in diffusion.state_dict().items()}
+    names = [n for n, _ in diffusion.named_modules()]
+    requires_grad = {n: p.requires_grad for n, p in diffusion.named_parameters()}
+    return state, names, requires_grad
+
+
+def _assert_restored(model, before):
+    state, names, requires_grad = before
+    after_state, after_names, after_requires_grad = _snapshot(model)
+    assert after_names == names, "module tree changed"
+    assert after_state.keys() == state.keys(), "state dict keys changed"
+    changed = [k for k in state if not torch.equal(state[k], after_state[k])]
+    assert not changed, f"weights changed: {changed[:5]}"
+    diffusion = model.model.diffusion_model
+    hooked = [n for n, m in diffusion.named_modules() if m._forward_hooks or m._forward_pre_hooks]
+    assert not hooked, f"leftover hooks on {hooked[:5]}"
+    assert all(p.grad is None for p in diffusion.parameters()), "leftover grads"
+    assert after_requires_grad == requires_grad, "requires_grad flags changed"
+
+
+def _train(model, clip, vae, dataset, tmp_path, **overrides):
+    cfg = TrainConfig.from_dict(
+        {
+            "rank": 4,
+            "alpha": 4,
+            "steps": 3,
+            "batch_size": 2,
+            "resolution": 64,
+            "learning_rate": 1e-3,
+            "output_name": "t",
+            "log_every": 1,
+            **overrides,
+        }
+    )
+    with torch.inference_mode():  # as every ComfyUI node runs
+        return train_lora(cfg, dataset, ComfyHost(model, clip, vae), tmp_path)
+
+
+def test_training_leaves_the_base_model_exactly_as_it_was(tiny_checkpoint, style_dataset_dir, tmp_path):
+    model, clip, vae = tiny_checkpoint
+    before = _snapshot(model)
+    result = _train(model, clip, vae, load_dataset(style_dataset_dir), tmp_path)
+    assert result.lora_path.is_file()
+    _assert_restored(model, before)
+
+
+def test_training_on_a_model_that_already_carries_a_lora_restores_it(tiny_checkpoint, style_dataset_dir, tmp_path):
+    model, clip, vae = tiny_checkpoint
+    first = _train(model, clip, vae, load_dataset(style_dataset_dir), tmp_path / "a", seed=1)
+    tensors = {k: (v + 0.05 if k.endswith("lora_up.weight") else v) for k, v in first.lora_tensors.items()}
+    with_lora, _ = apply_lora(model, clip, tensors, 1.0, 0.0)
+    before = _snapshot(with_lora)
+    _train(with_lora, clip, vae, load_dataset(style_dataset_dir), tmp_path / "b")
+    _assert_restored(with_lora, before)
+
+
+def test_saved_file_has_kohya_keys_and_metadata_only(tiny_checkpoint, style_dataset_dir, tmp_path):
+    model, clip, vae = tiny_checkpoint
+    result = _train(
+        model, clip, vae, load_dataset(style_dataset_dir), tmp_path, network="locon", targets="attention_and_conv"
+    )
+    tensors = load_file(result.lora_path)
+    suffixes = {k.split(".", 1)[1] for k in tensors}
+    assert suffixes == {"lora_down.weight", "lora_up.weight", "alpha"}
+    assert all(k.startswith("lora_unet_") for k in tensors)
+    assert any("down_blocks_0_attentions_0" in k for k in tensors), "expected kohya's diffusers-style block names"
+    assert any("resnets" in k for k in tensors), "locon should adapt ResBlock convs"
+    from safetensors import safe_open
+
+    with safe_open(result.lora_path, "pt") as handle:
+        meta = handle.metadata()
+    assert meta["ss_network_dim"] == "4" and meta["modelspec.architecture"] == "stable-diffusion-v1/lora"
+    assert '"rank": 4' in meta["lora_train.config"]
+
+
+def test_loss_is_recorded_and_finite(tiny_checkpoint, style_dataset_dir, tmp_path):
+    model, clip, vae = tiny_checkpoint
+    result = _train(model, clip, vae, load_dataset(style_dataset_dir), tmp_path)
+    assert [s for s, _ in result.loss_history] == [1, 2, 3]
+    assert all(torch.isfinite(torch.tensor(v)) for _, v in result.loss_history)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [({"rank": 0}, "rank must be between 1"), ({"learning_rate": 0}, "learning_rate must be between")],
+)
+def test_bad_settings_are_refused_by_name(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig.from_dict(overrides)
+
+
+def test_empty_dataset_and_missing_captions_are_refused_before_work(tiny_checkpoint, tmp_path):
+    model, clip, vae = tiny_checkpoint
+    with pytest.raises(TrainingError, match="dataset is empty"):
+        _train(model, clip, vae, LoraDataset(items=[], root=tmp_path), tmp_path)
+    from lora_train.data import dataset_from_images
+
+    no_captions = dataset_from_images(torch.rand(2, 64, 64, 3), [""])
+    with pytest.raises(TrainingError, match="no caption"):
+        _train(model, clip, vae, no_captions, tmp_path)
+    assert not list(tmp_path.glob("*.safetensors")), "a refused run must not leave a LoRA file"
+
+
+class _PoisonedHost(ComfyHost):
+    """The real host, with the model output turned to NaN from the `poison_at`-th forward pass on (fault injection)."""
+
+    poison_at = 3
+
+    @contextlib.contextmanager
+    def session(self, cfg):
+        with super().session(cfg) as session:
+            calls = []
+            predict = session.predict
+
+            def poisoned(*args, **kwargs):
+                calls.append(1)
+                out = predict(*args, **kwargs)
+                return out * float("nan") if len(calls) >= self.poison_at else out
+
+            session.predict = poisoned
+            yield session
+
+
+def test_non_finite_loss_stops_training_and_keeps_the_last_good_save(tiny_checkpoint, style_dataset_dir, tmp_path):
+    model, clip, vae = tiny_checkpoint
+    cfg = TrainConfig.from_dict(
+        {"rank": 4, "steps": 5, "batch_size": 2, "resolution": 64, "output_name": "nan", "save_steps": 1}
+    )
+    with pytest.raises(TrainingError, match="loss became nan by step 3"), torch.inference_mode():
+        train_lora(cfg, load_dataset(style_dataset_dir), _PoisonedHost(model, clip, vae), tmp_path)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["nan_s000001.safetensors", "nan_s000002.safetensors"], names
+
+
+def test_a_model_that_is_not_a_diffusion_model_is_refused(tiny_checkpoint):
+    _, clip, vae = tiny_checkpoint
+    with pytest.raises(TrainingError, match="not a diffusion model"):
+        ComfyHost(clip, clip, vae)
