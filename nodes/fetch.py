@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from lora_train.fetch import FetchConfig
+from lora_train.fetchconfig import FetchConfig
 
 log = logging.getLogger(__name__)
 
