@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from lora_train.devserver import EXTENSION_NAME, WorkflowError
-from tests.host.workflows import smoke_workflow
+from lora_train.workflows import smoke_workflow
 
 pytestmark = pytest.mark.host
 

@@ -1,4 +1,4 @@
-"""API-format workflow builders shared by the host tests (the same graphs the example workflows hold)."""
+"""API-format ComfyUI graphs used by the demo, the host tests and the benches (the example workflows' shapes)."""
 
 from __future__ import annotations
 
