@@ -11,6 +11,7 @@ model_config / process_latent_in / extra_conds / process_timestep / get_dtype / 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -96,6 +97,16 @@ class ComfySession:
     def kohya_prefix(self, module_path: str) -> str:
         """kohya key prefix; diffusers-style block names (what kohya writes), LDM names where none exists."""
         return "lora_unet_" + self.prefixes.get(module_path, module_path).replace(".", "_")
+
+    def fingerprint(self) -> str:
+        """Identifies the base model (family + a sample of its current weights) for resume checks."""
+        digest = hashlib.sha256(type(self.model.model.model_config).__name__.encode())
+        for index, (name, tensor) in enumerate(self.diffusion_model.state_dict().items()):
+            if index >= 8:
+                break
+            digest.update(name.encode())
+            digest.update(tensor.detach().flatten()[:1024].float().cpu().numpy().tobytes())
+        return f"{type(self.model.model.model_config).__name__}:{digest.hexdigest()[:16]}"
 
     def text_encoder_targets(self) -> dict[str, torch.nn.Module]:
         """The text encoders' attention and MLP projections (kohya's CLIPAttention/CLIPMLP targets)."""

@@ -150,7 +150,10 @@ def test_non_finite_loss_stops_training_and_keeps_the_last_good_save(tiny_checkp
     with pytest.raises(TrainingError, match="loss became nan by step 3"), torch.inference_mode():
         train_lora(cfg, load_dataset(style_dataset_dir), _PoisonedHost(model, clip, vae), tmp_path)
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ["nan_s000001.safetensors", "nan_s000002.safetensors"], names
+    assert names == ["nan.lora_state", "nan_s000001.safetensors", "nan_s000002.safetensors"], names
+    from lora_train.resume import load_state
+
+    assert load_state(tmp_path / "nan.lora_state").step == 2, "the resume state must be the last good step"
 
 
 def test_a_model_that_is_not_a_diffusion_model_is_refused(tiny_checkpoint):
