@@ -20,6 +20,7 @@ import torch
 
 from lora_train.config import TrainConfig
 from lora_train.data import LoraDataset
+from lora_train.distributed import SINGLE_PROCESS, Distributed
 from lora_train.losses import diffusion_batch, sample_noise, sample_timesteps, training_loss
 from lora_train.optim import make_optimizer, make_scheduler
 
@@ -225,18 +226,23 @@ def train_lora(
     output_dir: str | Path,
     *,
     save: Callable[[Path, dict[str, torch.Tensor], dict[str, str]], None] | None = None,
+    dist: Distributed = SINGLE_PROCESS,
 ) -> TrainResult:
-    """Train a LoRA on `dataset` with the model `host` lends; write `<output_dir>/<output_name>.safetensors`."""
+    """Train a LoRA on `dataset` with the model `host` lends; write `<output_dir>/<output_name>.safetensors`.
+
+    With `dist` from a torchrun launch, each process trains on its rows of every global batch of
+    batch_size x world_size and only rank 0 writes files (see lora_train.distributed).
+    """
     from lora_train.lora_io import build_metadata, save_lora
     from lora_train.network import AdapterSet, find_targets
 
-    save = save or save_lora
+    save = dist.main_only(save or save_lora)
     validate_inputs(cfg, dataset)
     output_dir = Path(output_dir)
     started = time.time()
     examples = host.encode_examples(dataset, cfg)
     generator = torch.Generator().manual_seed(cfg.seed)
-    order = BatchOrder(examples, cfg.batch_size, generator)
+    order = BatchOrder(examples, cfg.batch_size * dist.world_size, generator)
     steps = total_steps(cfg, order)
     history: list[tuple[int, float]] = []
     saved: list[Path] = []
@@ -262,6 +268,7 @@ def train_lora(
                 {"params": [p for p in te_adapters.parameters() if p.requires_grad], "lr": cfg.text_encoder_lr}
             )
         params = [p for group in groups for p in group["params"]]
+        dist.broadcast_parameters(params)
         optimizer = make_optimizer(cfg.optimizer, groups, cfg.weight_decay)
         scheduler = make_scheduler(cfg.lr_scheduler, optimizer, steps, cfg.warmup_steps)
         autocast_dtype = AUTOCAST[cfg.mixed_precision]
@@ -300,8 +307,17 @@ def train_lora(
                 for step in range(steps):
                     for _ in range(cfg.gradient_accumulation):
                         indices = order.next()
-                        latents = torch.stack([examples[i].latents for i in indices]).to(device)
+                        # Random draws cover the global batch on every rank; this rank keeps its rows of it.
                         drop = torch.rand(len(indices), generator=generator) < cfg.caption_dropout
+                        global_latents = torch.stack([examples[i].latents for i in indices])
+                        noise = sample_noise(global_latents, generator, cfg.noise_offset)
+                        timesteps = sample_timesteps(len(indices), generator)
+                        rows = dist.rows(len(indices))
+                        if not rows:  # a short last batch: this rank adds a zero gradient
+                            continue
+                        share = dist.loss_weight(len(rows), len(indices))
+                        indices, drop, timesteps = [indices[r] for r in rows], drop[rows], timesteps[rows]
+                        latents, noise = global_latents[rows].to(device), noise[rows].to(device)
                         if cfg.train_text_encoder:  # encode now, through the text encoder's adapters
                             captions = ["" if d else examples[i].caption for i, d in zip(indices, drop, strict=True)]
                             cond = session.encode_captions(captions, latents)
@@ -311,20 +327,19 @@ def train_lora(
                                 for i, d in zip(indices, drop, strict=True)
                             ]
                             cond = session.collate(cached)
-                        noise = sample_noise(latents, generator, cfg.noise_offset)
-                        batch = diffusion_batch(
-                            session.sampling, latents, noise, sample_timesteps(len(indices), generator)
-                        )
+                        batch = diffusion_batch(session.sampling, latents, noise, timesteps)
                         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                             pred = session.predict(batch.model_input, batch.sigmas, batch.timesteps, cond, noise)
                         loss = (
                             training_loss(
                                 pred, batch, loss=cfg.loss, delta=cfg.huber_delta, min_snr_gamma=cfg.min_snr_gamma
                             )
+                            * share
                             / cfg.gradient_accumulation
                         )
                         scaler.scale(loss).backward()
                         running += loss.detach()
+                    dist.average_gradients(params)
                     if cfg.max_grad_norm > 0:
                         scaler.unscale_(optimizer)
                         torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
@@ -338,7 +353,7 @@ def train_lora(
                     done = step + 1
                     # One host<->device sync every log_every steps, not every step (or every step on the CPU).
                     if done % cfg.log_every == 0 or done == steps or device.type == "cpu":
-                        mean_loss = float(running) / window_steps
+                        mean_loss = float(dist.mean(running)) / window_steps
                         if not math.isfinite(mean_loss):
                             raise TrainingError(
                                 f"the loss became {mean_loss} by step {done} (lr {lr:.3g}, mixed_precision="
