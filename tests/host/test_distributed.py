@@ -1,6 +1,5 @@
 """Data-parallel training: 2 CPU ranks (gloo, launched by torchrun) equal one process with the doubled batch."""
 
-import os
 import re
 import shutil
 import subprocess
@@ -50,27 +49,34 @@ def test_launcher_environment_is_read_and_checked():
         from_environment({"RANK": "2", "WORLD_SIZE": "2"})
 
 
-def _gradient_worker(rank: int, init_file: str, out_dir: str) -> None:
-    dist = Distributed(rank=rank, world_size=2)
-    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
-    try:
-        torch.manual_seed(0)
-        layer = torch.nn.Linear(3, 2)
-        inputs = torch.randn(3, 3)
-        rows = dist.rows(3)  # rank 0: rows 0, 2; rank 1: row 1
-        loss = layer(inputs[rows]).pow(2).mean() * dist.loss_weight(len(rows), 3)
-        loss.backward()
-        layer.bias.grad = None  # a parameter without a gradient on one rank counts as zeros
-        if rank == 0:
-            layer.bias.grad = torch.ones(2)
-        dist.average_gradients(layer.parameters())
-        torch.save({n: p.grad for n, p in layer.named_parameters()}, os.path.join(out_dir, f"grads{rank}.pt"))
-    finally:
-        torch.distributed.destroy_process_group()
+GRADIENT_WORKER = """
+import os, sys
+import torch
+sys.path.insert(0, sys.argv[1])
+from lora_train.distributed import from_environment
+
+dist = from_environment()
+torch.distributed.init_process_group("gloo")
+torch.manual_seed(0)
+layer = torch.nn.Linear(3, 2)
+inputs = torch.randn(3, 3)
+rows = dist.rows(3)  # rank 0: rows 0, 2; rank 1: row 1
+loss = layer(inputs[rows]).pow(2).mean() * dist.loss_weight(len(rows), 3)
+loss.backward()
+layer.bias.grad = torch.ones(2) if dist.rank == 0 else None  # a missing gradient counts as zeros
+dist.average_gradients(layer.parameters())
+torch.save({n: p.grad for n, p in layer.named_parameters()}, os.path.join(sys.argv[2], f"grads{dist.rank}.pt"))
+torch.distributed.destroy_process_group()
+"""
 
 
-def test_gradients_averaged_over_two_gloo_ranks_equal_the_full_batch_gradient(tmp_path):
-    torch.multiprocessing.spawn(_gradient_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2)
+def test_gradients_averaged_over_two_gloo_ranks_equal_the_full_batch_gradient(host, tmp_path):
+    script = tmp_path / "worker.py"
+    script.write_text(GRADIENT_WORKER, encoding="utf-8")
+    cmd = [str(host.python), "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+           str(REPO_ROOT), str(tmp_path)]  # fmt: skip
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
     torch.manual_seed(0)
     layer = torch.nn.Linear(3, 2)
     layer(torch.randn(3, 3)).pow(2).mean().backward()
