@@ -122,6 +122,10 @@ class TrainConfig(Settings):
         "train_batch_size": "batch_size",
         "gradient_accumulation_steps": "gradient_accumulation",
         "save_every_n_steps": "save_steps",
+        "max_train_epochs": "epochs",
+        "lr_warmup_steps": "warmup_steps",
+        "optimizer_type": "optimizer",
+        "caption_dropout_rate": "caption_dropout",
     }
 
     def __post_init__(self) -> None:

@@ -20,6 +20,7 @@ import torch
 
 from lora_train.config import TrainConfig
 from lora_train.data import LoraDataset
+from lora_train.distributed import SINGLE_PROCESS, Distributed
 from lora_train.losses import diffusion_batch, sample_noise, sample_timesteps, training_loss
 from lora_train.optim import make_optimizer, make_scheduler
 
@@ -304,28 +305,41 @@ def _restore(run: Run, state) -> None:
     run.history = [(int(s), float(v)) for s, v in state.history]
 
 
-def _optimizer_step(cfg: TrainConfig, run: Run, session: TrainingSession, examples: list[Example]) -> torch.Tensor:
-    """One optimizer step over `gradient_accumulation` batches; returns the (device) loss, not synced."""
+def _optimizer_step(
+    cfg: TrainConfig, run: Run, session: TrainingSession, examples: list[Example], dist: Distributed
+) -> torch.Tensor:
+    """One optimizer step over `gradient_accumulation` batches; returns the (device) loss, not synced.
+
+    Random draws (caption dropout, noise, timesteps) cover the global batch on every rank, in the same order as a
+    single process; this rank then keeps its rows of it (see lora_train.distributed).
+    """
     autocast_dtype = AUTOCAST[cfg.mixed_precision]
     device = session.device
     total = torch.zeros((), device=device)
     for _ in range(cfg.gradient_accumulation):
         indices = run.order.next()
-        latents = torch.stack([examples[i].latents for i in indices]).to(device)
         drop = (torch.rand(len(indices), generator=run.generator) < cfg.caption_dropout).tolist()
-        picked = [(examples[i], dropped) for i, dropped in zip(indices, drop, strict=True)]
+        global_latents = torch.stack([examples[i].latents for i in indices])
+        noise = sample_noise(global_latents, run.generator, cfg.noise_offset)
+        timesteps = sample_timesteps(len(indices), run.generator)
+        rows = dist.rows(len(indices))
+        if not rows:  # a short last batch: this rank adds a zero gradient
+            continue
+        share = dist.loss_weight(len(rows), len(indices))
+        latents, noise, timesteps = global_latents[rows].to(device), noise[rows].to(device), timesteps[rows]
+        picked = [(examples[indices[r]], drop[r]) for r in rows]
         if cfg.train_text_encoder:  # encode now, through the text encoder's adapters
             cond = session.encode_captions(["" if d else e.caption for e, d in picked], latents)
         else:
             cond = session.collate([e.empty_cond if d else e.cond for e, d in picked])
-        noise = sample_noise(latents, run.generator, cfg.noise_offset)
-        batch = diffusion_batch(session.sampling, latents, noise, sample_timesteps(len(indices), run.generator))
+        batch = diffusion_batch(session.sampling, latents, noise, timesteps)
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             pred = session.predict(batch.model_input, batch.sigmas, batch.timesteps, cond, noise)
         loss = training_loss(pred, batch, loss=cfg.loss, delta=cfg.huber_delta, min_snr_gamma=cfg.min_snr_gamma)
-        loss = loss / cfg.gradient_accumulation
+        loss = loss * share / cfg.gradient_accumulation
         run.scaler.scale(loss).backward()
         total += loss.detach()
+    dist.average_gradients(run.params)
     if cfg.max_grad_norm > 0:
         run.scaler.unscale_(run.optimizer)
         torch.nn.utils.clip_grad_norm_(run.params, cfg.max_grad_norm)
@@ -343,15 +357,20 @@ def train_lora(
     output_dir: str | Path,
     *,
     save: Callable[[Path, dict[str, torch.Tensor], dict[str, str]], None] | None = None,
+    dist: Distributed = SINGLE_PROCESS,
 ) -> TrainResult:
     """Train a LoRA on `dataset` with the model `host` lends; write `<output_dir>/<output_name>.safetensors`.
 
     With `cfg.resume`, a `<output_name>.lora_state` left by an interrupted run is continued bit-identically.
+    With `dist` from a torchrun launch, each process trains on its rows of every global batch of
+    batch_size x world_size and only rank 0 writes files (see lora_train.distributed).
     """
     from lora_train.lora_io import build_metadata, save_lora
-    from lora_train.resume import check_compatible, load_state, prune_intermediate, save_state, state_path
+    from lora_train.resume import check_compatible, load_state, prune_intermediate, state_path
+    from lora_train.resume import save_state as write_state
 
-    save = save or save_lora
+    save = dist.main_only(save or save_lora)
+    save_state = dist.main_only(write_state)
     validate_inputs(cfg, dataset)
     output_dir = Path(output_dir)
     state_file = state_path(output_dir, cfg.output_name)
@@ -359,7 +378,7 @@ def train_lora(
     started = time.time()
     examples = host.encode_examples(dataset, cfg)
     generator = torch.Generator().manual_seed(cfg.seed)
-    order = BatchOrder(examples, cfg.batch_size, generator)
+    order = BatchOrder(examples, cfg.batch_size * dist.world_size, generator)
     steps = total_steps(cfg, order)
     saved: list[Path] = []
 
@@ -382,6 +401,7 @@ def train_lora(
     with host.session(cfg) as session:
         base_model = session.fingerprint()
         run = _build_run(cfg, session, generator, order, steps)
+        dist.broadcast_parameters(run.params)
         if resume_state is not None:
             check_compatible(resume_state, cfg, base_model, state_file)
             _restore(run, resume_state)
@@ -402,7 +422,7 @@ def train_lora(
             with gradient_checkpointing(session.diffusion_model, cfg.gradient_checkpointing):
                 while run.step < steps:
                     lr = run.scheduler.get_last_lr()[0]
-                    running += _optimizer_step(cfg, run, session, examples)
+                    running += _optimizer_step(cfg, run, session, examples, dist)
                     run.step += 1
                     window_steps += 1
                     try:
@@ -413,7 +433,7 @@ def train_lora(
                     done = run.step
                     # One host<->device sync every log_every steps, not every step (or every step on the CPU).
                     if done % cfg.log_every == 0 or done == steps or session.device.type == "cpu":
-                        mean_loss = float(running) / window_steps
+                        mean_loss = float(dist.mean(running)) / window_steps
                         if not math.isfinite(mean_loss):
                             raise TrainingError(
                                 f"the loss became {mean_loss} by step {done} (lr {lr:.3g}, mixed_precision="
@@ -436,7 +456,8 @@ def train_lora(
                         save(path, lora_state_dict(run.adapter_sets), metadata(done))
                         save_state(state_file, _snapshot(run, cfg, base_model))
                         saved.append(path)
-                        prune_intermediate(output_dir, cfg.output_name, cfg.keep_last)
+                        if dist.is_main:
+                            prune_intermediate(output_dir, cfg.output_name, cfg.keep_last)
             tensors = lora_state_dict(run.adapter_sets)
         finally:
             for adapter_set in run.adapter_sets:
@@ -446,6 +467,7 @@ def train_lora(
     lora_path = output_dir / f"{cfg.output_name}.safetensors"
     save(lora_path, tensors, final_metadata)
     saved.append(lora_path)
-    state_file.unlink(missing_ok=True)  # finished: the next run with this name starts fresh
+    if dist.is_main:
+        state_file.unlink(missing_ok=True)  # finished: the next run with this name starts fresh
     log.info("saved %s after %d steps in %.1fs", lora_path, steps, time.time() - started)
     return TrainResult(lora_path, tensors, final_metadata, run.history, steps, saved)
