@@ -109,8 +109,8 @@ def load_state(path: Path) -> ResumeState:
     """Read a state file; a damaged or foreign file raises ResumeError naming it."""
     from safetensors import safe_open
 
-    try:
-        with safe_open(str(path), "pt") as handle:
+    try:  # ordinary tensors even when called from a node (inference mode): the optimizer updates them in place
+        with torch.inference_mode(False), safe_open(str(path), "pt") as handle:
             metadata = handle.metadata() or {}
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}
         if metadata.get("format") != FORMAT:

@@ -275,17 +275,23 @@ def _build_run(
     return Run(adapter_sets, optimizer, scheduler, scaler, generator, order)
 
 
-def _snapshot(run: Run, cfg: TrainConfig, base_model: str):
+def _stream_state(run: Run) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """The random streams and data order right now (cheap: two small tensors and a list of index lists)."""
+    return run.generator.get_state(), torch.get_rng_state(), run.order.state_dict()
+
+
+def _snapshot(run: Run, cfg: TrainConfig, base_model: str, streams: tuple | None = None):
     from lora_train.resume import ResumeState
 
+    generator_state, torch_rng_state, order = streams or _stream_state(run)
     return ResumeState(
         step=run.step,
         adapters=lora_state_dict(run.adapter_sets),
         optimizer=run.optimizer.state_dict(),
         scheduler=run.scheduler.state_dict(),
-        generator_state=run.generator.get_state(),
-        torch_rng_state=torch.get_rng_state(),
-        order=run.order.state_dict(),
+        generator_state=generator_state,
+        torch_rng_state=torch_rng_state,
+        order=order,
         config=cfg.to_dict(),
         base_model=base_model,
         history=[list(point) for point in run.history],
@@ -422,12 +428,20 @@ def train_lora(
             with gradient_checkpointing(session.diffusion_model, cfg.gradient_checkpointing):
                 while run.step < steps:
                     lr = run.scheduler.get_last_lr()[0]
-                    running += _optimizer_step(cfg, run, session, examples, dist)
+                    # Cancel (ComfyUI raises it inside any op, mid-step) or Ctrl-C: keep a resumable state of the
+                    # last finished step. Weights and optimizer only change at the end of a step; the random
+                    # streams and the data order are taken back to where that step began.
+                    step_start = _stream_state(run)
+                    try:
+                        running += _optimizer_step(cfg, run, session, examples, dist)
+                    except BaseException:
+                        save_state(state_file, _snapshot(run, cfg, base_model, streams=step_start))
+                        raise
                     run.step += 1
                     window_steps += 1
                     try:
                         host.check_cancel()
-                    except BaseException:  # Cancel: keep a resumable state of this step, then let it through
+                    except BaseException:
                         save_state(state_file, _snapshot(run, cfg, base_model))
                         raise
                     done = run.step

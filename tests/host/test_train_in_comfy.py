@@ -216,3 +216,57 @@ def test_cancel_stops_within_one_step_and_restores_the_model(tiny_checkpoint, st
     assert steps_seen == [1, 2], "training went on after Cancel"
     assert not list(tmp_path.glob("*.safetensors"))
     _assert_restored(model, before)
+
+
+def _cancelled_run(model, clip, vae, dataset, out, **overrides):
+    import comfy.model_management as mm
+
+    cfg = TrainConfig.from_dict(
+        {
+            "rank": 4,
+            "steps": 6,
+            "batch_size": 2,
+            "resolution": 64,
+            "log_every": 1,
+            "output_name": "resumed",
+            **overrides,
+        }
+    )
+    try:
+        with pytest.raises(mm.InterruptProcessingException), torch.inference_mode():
+            train_lora(cfg, dataset, _CancelAt(model, clip, vae), out)
+    finally:
+        mm.interrupt_current_processing(False)
+    return cfg
+
+
+def test_cancel_leaves_a_state_the_next_run_resumes_from(tiny_checkpoint, style_dataset_dir, tmp_path):
+    from lora_train.resume import load_state
+
+    model, clip, vae = tiny_checkpoint
+    dataset = load_dataset(style_dataset_dir)
+    cfg = _cancelled_run(model, clip, vae, dataset, tmp_path / "a")
+    assert load_state(tmp_path / "a" / "resumed.lora_state").step in (2, 3)  # mid-step 3 or right after 2
+    with torch.inference_mode():
+        resumed = train_lora(cfg, dataset, ComfyHost(model, clip, vae), tmp_path / "a")
+        straight = train_lora(cfg, dataset, ComfyHost(model, clip, vae), tmp_path / "b")
+    assert [s for s, _ in resumed.loss_history] == [1, 2, 3, 4, 5, 6]
+    assert all(torch.equal(resumed.lora_tensors[k], straight.lora_tensors[k]) for k in straight.lora_tensors)
+
+
+def test_resume_with_a_changed_rank_is_refused_naming_the_setting(tiny_checkpoint, style_dataset_dir, tmp_path):
+    from lora_train.resume import ResumeError
+
+    model, clip, vae = tiny_checkpoint
+    dataset = load_dataset(style_dataset_dir)
+    cfg = _cancelled_run(model, clip, vae, dataset, tmp_path)
+    with pytest.raises(ResumeError, match="rank was 4 and is now 8"), torch.inference_mode():
+        train_lora(cfg.replace(rank=8), dataset, ComfyHost(model, clip, vae), tmp_path)
+    assert (tmp_path / "resumed.lora_state").exists(), "a refused resume must keep the state"
+
+
+def test_keep_last_prunes_old_intermediate_saves(tiny_checkpoint, style_dataset_dir, tmp_path):
+    model, clip, vae = tiny_checkpoint
+    _train(model, clip, vae, load_dataset(style_dataset_dir), tmp_path, steps=5, save_steps=1, keep_last=2)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["t.safetensors", "t_s000003.safetensors", "t_s000004.safetensors"], names
