@@ -158,6 +158,11 @@ class Settings:
         """All settings as plain JSON-able values."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
+    def to_widgets(self) -> dict[str, Any]:
+        """The widget settings as a node's API-format inputs (lists as comma-separated text)."""
+        widgets = self.comfy_inputs()
+        return {k: ", ".join(v) if isinstance(v, list) else v for k, v in self.to_dict().items() if k in widgets}
+
     # ---- front ends ----------------------------------------------------------------------------------
     @classmethod
     def comfy_inputs(cls, *, skip: typing.Iterable[str] = ()) -> dict[str, tuple]:

@@ -9,7 +9,7 @@ def train_settings(**overrides) -> dict:
     """Train LoRA widgets for a quick run on the tiny model."""
     from lora_train.config import TrainConfig
 
-    values = TrainConfig().to_dict()
+    values = TrainConfig().to_widgets()
     values.update(
         {
             "rank": 4,
@@ -59,7 +59,7 @@ def train_and_sample(dataset_dir: str, **train_overrides) -> dict:
     """Checkpoint -> Load LoRA Dataset -> Train LoRA -> sample; plus the same sample from the base model."""
     from lora_train.data import DatasetConfig
 
-    dataset = DatasetConfig(path=dataset_dir).to_dict() | {"resolution": 64}
+    dataset = DatasetConfig(path=dataset_dir, resolution=64).to_widgets()
     workflow = {
         "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CKPT}},
         "data": {"class_type": "LoraTrain_LoadDataset", "inputs": dataset},

@@ -35,14 +35,43 @@ def sample_images() -> list[Image.Image]:
 
 def workflow(folder: Path, clip_path: str, **label) -> dict:
     return {
-        "1": {"class_type": "LoraTrain_LoadDataset", "inputs": {"path": str(folder), "captions": "txt_then_csv",
-              "default_caption": "", "repeats": 1, "resolution": 512, "max_pixels": 89478485, "strict": False}},
-        "2": {"class_type": "LoraTrain_AutoLabel", "inputs": {
-            "folder": "", "dataset": ["1", 0], "captioner": "clip", "clip_path": clip_path,
-            "vocabularies": "colour, subject", "template": "{}", "top_k": 3, "per_vocabulary": 2, "threshold": -1.0,
-            "trigger": "zkw", "mode": "skip", "write_csv": True, "write_sidecars": False, "csv_path": "",
-            "batch_size": 4, "separator": ", ", "embedding_cache": "", "device": "cpu", **label}},
-    }  # fmt: skip
+        "1": {
+            "class_type": "LoraTrain_LoadDataset",
+            "inputs": {
+                "path": str(folder),
+                "captions": "txt_then_csv",
+                "default_caption": "",
+                "repeats": 1,
+                "resolution": 512,
+                "max_pixels": 89478485,
+                "strict": False,
+            },
+        },
+        "2": {
+            "class_type": "LoraTrain_AutoLabel",
+            "inputs": {
+                "folder": "",
+                "dataset": ["1", 0],
+                "captioner": "clip",
+                "clip_path": clip_path,
+                "vocabularies": "colour, subject",
+                "template": "{}",
+                "top_k": 3,
+                "per_vocabulary": 2,
+                "threshold": -1.0,
+                "trigger": "zkw",
+                "mode": "skip",
+                "write_csv": True,
+                "write_sidecars": False,
+                "csv_path": "",
+                "batch_size": 4,
+                "separator": ", ",
+                "embedding_cache": "",
+                "device": "cpu",
+                **label,
+            },
+        },
+    }
 
 
 def test_load_dataset_then_auto_label_writes_metadata_csv(comfy, clip_dir, tmp_path):
@@ -183,3 +212,31 @@ def test_sd15_checkpoint_clip_without_projection_is_refused(comfy_lib, clip_dir,
     clip_vision, _ = comfy_towers(comfy_lib, clip_dir, tmp_path, vision_projection=768)
     with pytest.raises(CaptionError, match=r"SD1\.5 checkpoints leave them out"):
         comfy_clip_encoders(clip_vision, clip)
+
+
+def test_load_dataset_auto_label_then_train_lora_in_one_graph(comfy, clip_dir, tmp_path):
+    from lora_train.lora_io import load_lora
+    from lora_train.workflows import CKPT, train_settings
+
+    folder = tmp_path / "unlabelled"
+    folder.mkdir()
+    for index, img in enumerate(sample_images()):
+        img.resize((64, 64)).save(folder / f"img{index}.png")
+    graph = workflow(folder, str(clip_dir))
+    graph["1"]["inputs"]["resolution"] = 64
+    graph["ckpt"] = {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CKPT}}
+    graph["train"] = {
+        "class_type": "LoraTrain_TrainLoRA",
+        "inputs": {
+            "model": ["ckpt", 0],
+            "clip": ["ckpt", 1],
+            "vae": ["ckpt", 2],
+            "dataset": ["2", 0],
+            **train_settings(steps=2, output_name="labelled_then_trained"),
+        },
+    }
+    result = comfy.run_workflow(graph)
+    assert result.outputs["train"]["lora_name"] == ["labelled_then_trained.safetensors"]
+    _, metadata = load_lora(comfy.models_dir / "loras" / "labelled_then_trained.safetensors")
+    tags = json.loads(metadata["ss_tag_frequency"])
+    assert any("zkw" in folder_tags for folder_tags in tags.values()), tags
