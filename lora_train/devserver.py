@@ -102,10 +102,10 @@ class ComfyServer:
             link.symlink_to(REPO_ROOT, target_is_directory=True)
 
     # ---- life cycle ----------------------------------------------------------------------------------
-    def start(self, timeout: float = 120.0) -> ComfyServer:
-        """Start the server on a free loopback port and wait until `/object_info` answers."""
+    def start(self, timeout: float = 120.0, port: int | None = None) -> ComfyServer:
+        """Start the server on `port` (default: a free loopback port) and wait until `/object_info` answers."""
         self.prepare()
-        self.port = free_port()
+        self.port = port or free_port()
         cmd = [
             str(self.python),
             "main.py",
@@ -213,7 +213,12 @@ class ComfyServer:
         """
         import websocket  # websocket-client, installed in the host venv
 
-        ws = websocket.create_connection(f"ws://127.0.0.1:{self.port}/ws?clientId={self.client_id}", timeout=2)
+        self._check_alive()
+        try:
+            ws = websocket.create_connection(f"ws://127.0.0.1:{self.port}/ws?clientId={self.client_id}", timeout=2)
+        except OSError:
+            self._check_alive()  # a dead server explains it (with its log); otherwise the error stands
+            raise
         try:
             queued = self.post_json("/prompt", {"prompt": workflow, "client_id": self.client_id})
             prompt_id = queued["prompt_id"]
