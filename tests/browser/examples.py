@@ -7,8 +7,13 @@ the host test substitutes test values and shrinks sizes and steps for the tiny c
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import functools
+import http.server
 import json
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -199,3 +204,32 @@ def leftover_placeholders(document: Any) -> set[str]:
     """Placeholder strings (`__NAME__`) still present in `document`."""
     text = json.dumps(document)
     return {p for p in (DATASET_DIR, CLIP_MODEL, MANIFEST_URL) if f'"{p}"' in text}
+
+
+# ---- a release to fetch --------------------------------------------------------------------------------------
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format, *args):  # the stdlib's signature; requests are not logged
+        pass
+
+
+@contextlib.contextmanager
+def serve_folder(folder: Path) -> Iterator[str]:
+    """A static HTTP server on 127.0.0.1 for `folder` (created if missing); yields its base URL."""
+    folder.mkdir(parents=True, exist_ok=True)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=folder))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def publish_release(lora_path: Path, releases: Path, base_url: str, name: str):
+    """Publish `lora_path` as release `name` into `releases` (served at `base_url`) with lora_train.publish."""
+    from lora_train.publish import PublishConfig, publish_lora
+
+    config = PublishConfig(name=name, trigger_words=["redstyle"], mirrors=[f"{base_url}{name}/"])
+    return publish_lora(config, lora_path, releases)

@@ -165,6 +165,28 @@ def test_removed_node_stops_listening(trained_page):
     assert points_after_removal[0] > 0 and points_after_removal[1] == points_after_removal[0]
 
 
+def test_fetch_node_shows_bytes_and_mirror_of_its_download(comfy, page, trained_page, tmp_path):
+    if not page.evaluate("Boolean(window.LiteGraph.registered_node_types.LoraTrain_FetchLoRA)"):
+        pytest.skip("the Fetch LoRA node (nodes/fetch.py, branch fetch) is not in this checkout yet")
+    with examples.serve_folder(tmp_path / "releases") as base_url:
+        examples.publish_release(comfy.models_dir / "loras" / f"{LORA_NAME}.safetensors", tmp_path / "releases",
+                                 base_url, "browser_style")  # fmt: skip
+        graph = examples.substitute(
+            examples.load_ui("fetch_lora_and_sample"),
+            {examples.MANIFEST_URL: f"{base_url}browser_style/manifest.json", examples.CHECKPOINT: TINY_SD15_NAME},
+        )
+        profile = PROFILE | {"LoraTrain_FetchLoRA": {"allow_private_addresses": True}}
+        page.evaluate(LOAD_AND_QUEUE_JS, {"graph": graph, "profile": profile})
+        page.wait_for_function("Boolean(app.graph.getNodeById(2).loraFetchLine.dataset.saved)", timeout=120_000)
+    line = page.evaluate(
+        "(() => { const l = app.graph.getNodeById(2).loraFetchLine; return [l.textContent, {...l.dataset}]; })()"
+    )
+    size = (tmp_path / "releases" / "browser_style" / "browser_style_v1.safetensors").stat().st_size
+    assert line[1]["status"] == "done" and line[1]["downloaded"] == str(size)
+    assert f"from {base_url.split('/')[2]}" in line[0] and "(100%)" in line[0]
+    assert line[0].endswith("loras/browser_style_v1.safetensors")
+
+
 def _differences(queued: dict, api: dict, object_info: dict) -> list[str]:
     """How the prompt the frontend queues for a UI workflow differs from the API-format file (empty: the same),
     over the inputs the server reads (the frontend adds display-only ones, e.g. PreviewAny's `preview`)."""

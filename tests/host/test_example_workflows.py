@@ -6,12 +6,8 @@ graphs are otherwise exactly the shipped files. The UI-format twins are checked 
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import http.server
 import io
 import shutil
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -98,35 +94,13 @@ def test_publish_example_makes_a_versioned_release(comfy, trained):
     assert manifest.select(version).files[0].name == weights.name
 
 
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format, *args):  # the stdlib's signature; requests are not logged
-        pass
-
-
-@contextlib.contextmanager
-def serve_folder(folder: Path):
-    """A static HTTP server on 127.0.0.1 for `folder`; yields its base URL."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=folder))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
-
-
 def test_fetch_example_downloads_a_release_by_manifest_and_samples(comfy, trained, tmp_path):
     built = (examples.API_DIR / "fetch_lora_and_sample.json").exists()
     if not built or "LoraTrain_FetchLoRA" not in comfy.get_json("/object_info"):
         pytest.skip("the Fetch LoRA node (nodes/fetch.py, branch fetch) is not in this checkout yet")
-    from lora_train.publish import PublishConfig, publish_lora
-
-    releases = tmp_path / "releases"
-    with serve_folder(releases) as base_url:
-        config = PublishConfig(name="fetched_style", trigger_words=["redstyle"], mirrors=[f"{base_url}fetched_style/"])
-        published = publish_lora(config, comfy.models_dir / "loras" / examples.LORA_FILE, releases)
+    with examples.serve_folder(tmp_path / "releases") as base_url:
+        published = examples.publish_release(comfy.models_dir / "loras" / examples.LORA_FILE, tmp_path / "releases",
+                                             base_url, "fetched_style")  # fmt: skip
         values = {examples.MANIFEST_URL: f"{base_url}fetched_style/manifest.json"}
         result = run_example(comfy, "fetch_lora_and_sample", values,
                              {"LoraTrain_FetchLoRA": {"allow_private_addresses": True}})  # fmt: skip

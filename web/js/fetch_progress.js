@@ -4,7 +4,7 @@ import { app } from "../../../scripts/app.js";
 import { addDisplayWidget, chainCallback, formatBytes, formatDuration, listenForNode } from "./common.js";
 
 const NODE_TYPE = "LoraTrain_FetchLoRA";
-const LINE_HEIGHT = 44;
+const LINE_HEIGHT = 56;
 
 /** "https://mirror.example/path/file" -> "mirror.example"; anything unparsable is shown as given. */
 function mirrorHost(mirror) {
@@ -45,7 +45,6 @@ app.registerExtension({
                 font: "11px sans-serif", color: "var(--input-text, #ddd)", whiteSpace: "pre-line",
                 overflow: "hidden", textOverflow: "ellipsis",
             });
-            line.textContent = "";
             this.loraFetchLine = line;
             addDisplayWidget(this, "lora_fetch_progress", line, () => LINE_HEIGHT);
             listenForNode(this, {
@@ -57,14 +56,19 @@ app.registerExtension({
                     line.textContent = progressText(detail);
                     line.dataset.status = detail.status ?? "";
                     line.dataset.downloaded = String(detail.downloaded ?? 0);
+                    delete line.dataset.saved;
                 },
             });
         });
 
         chainCallback(nodeType.prototype, "onExecuted", function (output) {
+            const line = this.loraFetchLine;
             const name = output?.lora_name?.[0];
-            const status = output?.status?.[0];
-            if (this.loraFetchLine && name) this.loraFetchLine.textContent = `${status ?? "done"}: ${name}`;
+            if (!line || !name) return;
+            // Keep the last progress line (bytes, mirror); add where the file is, and how it got there.
+            const progress = line.dataset.status ? line.textContent : "";
+            line.textContent = `${progress}\n${output?.status?.[0] ?? "done"}: loras/${name}`.trim();
+            line.dataset.saved = name;
         });
     },
 });
