@@ -9,6 +9,7 @@ import contextlib
 import os
 import shutil
 import subprocess
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -55,11 +56,21 @@ def launch() -> Iterator:
             browser.close()
 
 
+def skip_first_visit_templates(url: str) -> None:
+    """Mark the frontend's tutorial as done (a user setting), so no Templates dialog covers the canvas."""
+    request = urllib.request.Request(
+        f"{url}/settings/Comfy.TutorialCompleted", data=b"true", headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        response.read()
+
+
 @contextlib.contextmanager
 def frontend(browser, url: str) -> Iterator:
-    """A page of `browser` with ComfyUI's frontend loaded from `url`, the first-visit templates dialog closed.
+    """A page of `browser` with ComfyUI's frontend loaded from `url`, with no Templates dialog open.
 
     `page.console_messages` collects the console (for failure reports)."""
+    skip_first_visit_templates(url)
     page = browser.new_page(viewport=VIEWPORT)
     try:
         page.console_messages = []
@@ -71,7 +82,7 @@ def frontend(browser, url: str) -> Iterator:
             "window.app.extensions.some((e) => e.name === 'lora_train.train_view') && "
             "Boolean(window.LiteGraph.registered_node_types.LoraTrain_TrainLoRA)"
         )
-        page.keyboard.press("Escape")
+        page.keyboard.press("Escape")  # any other dialog the frontend opened on start
         yield page
     finally:
         page.close()

@@ -30,7 +30,7 @@ export function progressText(detail) {
         parts.push(`${formatBytes(detail.speed_bps)}/s`, `ETA ${formatDuration(detail.eta_s)}`);
     }
     const host = mirrorHost(detail.mirror);
-    return parts.join("   ") + (host ? `\nfrom ${host}` : "");
+    return parts.join(" · ") + (host ? `\nfrom ${host}` : "");
 }
 
 app.registerExtension({

@@ -7,7 +7,7 @@ import { drawLossChart } from "./loss_chart.js";
 
 const NODE_TYPE = "LoraTrain_TrainLoRA";
 const CHART_HEIGHT = 140;
-const STATS_HEIGHT = 40;
+const STATS_HEIGHT = 52;
 const SAMPLE_HEIGHT = 200;
 
 function element(tag, className, style = {}) {
@@ -74,9 +74,9 @@ class TrainView {
         this.root.dataset.status = "training";
         const lr = Number.isFinite(detail.lr) ? detail.lr.toExponential(2) : "–";
         this.stats.textContent =
-            `step ${detail.step} / ${detail.total}   loss ${formatNumber(detail.loss)}` +
-            `   smoothed ${formatNumber(detail.smoothed_loss)}\n` +
-            `lr ${lr}   elapsed ${formatDuration(detail.elapsed_s)}   ETA ${formatDuration(detail.eta_s)}`;
+            `step ${detail.step} / ${detail.total} · loss ${formatNumber(detail.loss)}` +
+            ` · smoothed ${formatNumber(detail.smoothed_loss)}\n` +
+            `lr ${lr} · elapsed ${formatDuration(detail.elapsed_s)} · ETA ${formatDuration(detail.eta_s)}`;
         this.update();
     }
 
@@ -85,6 +85,7 @@ class TrainView {
         this.samplesSeen += 1;
         const firstSample = this.sample.style.display === "none";
         this.sample.style.display = "block";
+        delete this.root.dataset.sampleLoaded; // until the new image has loaded
         this.sample.src = viewUrl(detail.image);
         this.sampleCaption.textContent = `sample at step ${detail.step}`;
         this.root.dataset.sampleStep = String(detail.step);
@@ -95,7 +96,8 @@ class TrainView {
         this.root.dataset.status = "done";
         const loraName = output?.lora_name?.[0];
         if (!loraName) return;
-        const progress = this.points.length ? this.stats.textContent.split("\n")[0] : "";
+        // Keep the last progress lines (step, loss, lr, time); add the saved file.
+        const progress = this.points.length ? this.stats.textContent : "";
         this.stats.textContent = `${progress}\nsaved ${loraName}`.trim();
     }
 
