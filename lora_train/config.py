@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -100,6 +98,13 @@ class TrainConfig(Settings):
     save_steps: int = setting(
         0, "Also save every N steps (file name gets _sNNNNNN); 0 = only at the end.", min=0, max=1_000_000
     )
+    keep_last: int = setting(
+        3, "Keep only the newest N intermediate saves (_sNNNNNN files); 0 = keep them all.", min=0, max=10_000
+    )
+    resume: bool = setting(
+        True,
+        "Continue from <output_name>.lora_state (written every save_steps and on Cancel) when one is there.",
+    )
     log_every: int = setting(
         10,
         "Read the loss back from the device every N steps (a sync); the chart and the progress bar update then.",
@@ -117,6 +122,10 @@ class TrainConfig(Settings):
         "train_batch_size": "batch_size",
         "gradient_accumulation_steps": "gradient_accumulation",
         "save_every_n_steps": "save_steps",
+        "max_train_epochs": "epochs",
+        "lr_warmup_steps": "warmup_steps",
+        "optimizer_type": "optimizer",
+        "caption_dropout_rate": "caption_dropout",
     }
 
     def __post_init__(self) -> None:
@@ -127,10 +136,3 @@ class TrainConfig(Settings):
             or self.output_name in (".", "..")
         ):
             raise SettingsError(f"output_name must be a plain file name, got {self.output_name!r}")
-
-    def fingerprint(
-        self, keys: tuple[str, ...] = ("network", "rank", "alpha", "targets", "train_text_encoder")
-    ) -> str:
-        """Hash of the settings that shape the adapter (a resume with different ones is refused)."""
-        values = {k: getattr(self, k) for k in keys}
-        return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]

@@ -20,6 +20,7 @@ import torch
 
 from lora_train.config import TrainConfig
 from lora_train.data import LoraDataset
+from lora_train.distributed import SINGLE_PROCESS, Distributed
 from lora_train.losses import diffusion_batch, sample_noise, sample_timesteps, training_loss
 from lora_train.optim import make_optimizer, make_scheduler
 
@@ -38,6 +39,7 @@ class Example:
     cond: Any
     empty_cond: Any = None  # the empty caption's conditioning, for caption dropout
     repeats: int = 1
+    caption: str = ""  # as trained (trigger word included), for text-encoder training
 
 
 @dataclass
@@ -61,6 +63,7 @@ class TrainingSession(Protocol):
     device: torch.device
 
     def kohya_prefix(self, module_path: str) -> str: ...
+    def fingerprint(self) -> str: ...
     def collate(self, conds: list[Any]) -> Any: ...
     def predict(
         self, model_input: torch.Tensor, sigmas: torch.Tensor, timesteps: torch.Tensor, cond: Any, noisy: torch.Tensor
@@ -108,9 +111,7 @@ def target_filter(cfg: TrainConfig, root: torch.nn.Module) -> Callable[[str, tor
     def include(path: str, module: torch.nn.Module) -> bool:
         is_conv = isinstance(module, torch.nn.Conv2d)
         is_pointwise = isinstance(module, torch.nn.Linear) or (is_conv and tuple(module.kernel_size) == (1, 1))
-        if cfg.targets == "all_linear":
-            return is_pointwise
-        if is_pointwise and inside(path, attention):
+        if is_pointwise and (cfg.targets == "all_linear" or inside(path, attention)):
             return True
         return with_convs and is_conv and inside(path, conv)
 
@@ -153,6 +154,14 @@ class BatchOrder:
             self._new_epoch()
         return self._queue.pop(0)
 
+    def state_dict(self) -> dict:
+        """Epoch and the batches still queued (the shared generator's state is saved by the caller)."""
+        return {"epoch": self.epoch, "queue": [list(batch) for batch in self._queue]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch = int(state["epoch"])
+        self._queue = [list(batch) for batch in state["queue"]]
+
 
 # ---- helpers -------------------------------------------------------------------------------------------------
 AUTOCAST = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -185,6 +194,15 @@ def _adapter_spec(cfg: TrainConfig):
     return AdapterSpec(rank=cfg.rank, alpha=cfg.alpha, dropout=cfg.dropout, network=cfg.network)
 
 
+def lora_state_dict(adapter_sets) -> dict[str, torch.Tensor]:
+    """All adapter sets' kohya tensors, detached to fp32 CPU (what is saved and applied)."""
+    return {
+        key: value.detach().float().cpu().contiguous()
+        for adapter_set in adapter_sets
+        for key, value in adapter_set.state_dict_kohya().items()
+    }
+
+
 @contextlib.contextmanager
 def gradient_checkpointing(root: torch.nn.Module, enabled: bool) -> Iterator[int]:
     """Recompute each top-level block of `root` in backward (blocks = items of its ModuleLists)."""
@@ -208,6 +226,136 @@ def gradient_checkpointing(root: torch.nn.Module, enabled: bool) -> Iterator[int
 
 
 # ---- the loop ------------------------------------------------------------------------------------------------
+@dataclass
+class Run:
+    """The mutable pieces of one run (what a resume state captures)."""
+
+    adapter_sets: list
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: Any
+    generator: torch.Generator
+    order: BatchOrder
+    step: int = 0
+    history: list[tuple[int, float]] = field(default_factory=list)
+
+    @property
+    def params(self) -> list[torch.nn.Parameter]:
+        return [p for group in self.optimizer.param_groups for p in group["params"]]
+
+
+def _build_run(
+    cfg: TrainConfig, session: TrainingSession, generator: torch.Generator, order: BatchOrder, steps: int
+) -> Run:
+    """Adapters (seeded), optimizer, schedule and scaler for a fresh run."""
+    from lora_train.network import AdapterSet, find_targets
+
+    targets = find_targets(session.diffusion_model, target_filter(cfg, session.diffusion_model))
+    if not targets:
+        raise TrainingError(f"no layers matched targets={cfg.targets!r} in this model; try targets=all_linear")
+    torch.manual_seed(cfg.seed)
+    spec = _adapter_spec(cfg)
+    adapter_sets = [AdapterSet.create(targets, spec, key_prefix_for=session.kohya_prefix, device=session.device)]
+    lrs = [cfg.learning_rate]
+    if cfg.train_text_encoder:
+        te_targets = session.text_encoder_targets()
+        if not te_targets:
+            raise TrainingError("train_text_encoder is on, but this model's text encoder has no layers to adapt")
+        adapter_sets.append(
+            AdapterSet.create(te_targets, spec, key_prefix_for=session.kohya_te_prefix, device=session.device)
+        )
+        lrs.append(cfg.text_encoder_lr)
+    groups = [
+        {"params": [p for p in s.parameters() if p.requires_grad], "lr": lr}
+        for s, lr in zip(adapter_sets, lrs, strict=True)
+    ]
+    optimizer = make_optimizer(cfg.optimizer, groups, cfg.weight_decay)
+    scheduler = make_scheduler(cfg.lr_scheduler, optimizer, steps, cfg.warmup_steps)
+    scaler = torch.amp.GradScaler(session.device.type, enabled=cfg.mixed_precision == "fp16")
+    return Run(adapter_sets, optimizer, scheduler, scaler, generator, order)
+
+
+def _stream_state(run: Run) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """The random streams and data order right now (cheap: two small tensors and a list of index lists)."""
+    return run.generator.get_state(), torch.get_rng_state(), run.order.state_dict()
+
+
+def _snapshot(run: Run, cfg: TrainConfig, base_model: str, streams: tuple | None = None):
+    from lora_train.resume import ResumeState
+
+    generator_state, torch_rng_state, order = streams or _stream_state(run)
+    return ResumeState(
+        step=run.step,
+        adapters=lora_state_dict(run.adapter_sets),
+        optimizer=run.optimizer.state_dict(),
+        scheduler=run.scheduler.state_dict(),
+        generator_state=generator_state,
+        torch_rng_state=torch_rng_state,
+        order=order,
+        config=cfg.to_dict(),
+        base_model=base_model,
+        history=[list(point) for point in run.history],
+    )
+
+
+def _restore(run: Run, state) -> None:
+    for adapter_set in run.adapter_sets:
+        mine = {k: v for k, v in state.adapters.items() if k.split(".", 1)[0] in set(adapter_set.prefixes.values())}
+        adapter_set.load_state_dict_kohya(mine)
+    run.optimizer.load_state_dict(state.optimizer)
+    run.scheduler.load_state_dict(state.scheduler)
+    run.generator.set_state(state.generator_state)
+    torch.set_rng_state(state.torch_rng_state)
+    run.order.load_state_dict(state.order)
+    run.step = state.step
+    run.history = [(int(s), float(v)) for s, v in state.history]
+
+
+def _optimizer_step(
+    cfg: TrainConfig, run: Run, session: TrainingSession, examples: list[Example], dist: Distributed
+) -> torch.Tensor:
+    """One optimizer step over `gradient_accumulation` batches; returns the (device) loss, not synced.
+
+    Random draws (caption dropout, noise, timesteps) cover the global batch on every rank, in the same order as a
+    single process; this rank then keeps its rows of it (see lora_train.distributed).
+    """
+    autocast_dtype = AUTOCAST[cfg.mixed_precision]
+    device = session.device
+    total = torch.zeros((), device=device)
+    for _ in range(cfg.gradient_accumulation):
+        indices = run.order.next()
+        drop = (torch.rand(len(indices), generator=run.generator) < cfg.caption_dropout).tolist()
+        global_latents = torch.stack([examples[i].latents for i in indices])
+        noise = sample_noise(global_latents, run.generator, cfg.noise_offset)
+        timesteps = sample_timesteps(len(indices), run.generator)
+        rows = dist.rows(len(indices))
+        if not rows:  # a short last batch: this rank adds a zero gradient
+            continue
+        share = dist.loss_weight(len(rows), len(indices))
+        latents, noise, timesteps = global_latents[rows].to(device), noise[rows].to(device), timesteps[rows]
+        picked = [(examples[indices[r]], drop[r]) for r in rows]
+        if cfg.train_text_encoder:  # encode now, through the text encoder's adapters
+            cond = session.encode_captions(["" if d else e.caption for e, d in picked], latents)
+        else:
+            cond = session.collate([e.empty_cond if d else e.cond for e, d in picked])
+        batch = diffusion_batch(session.sampling, latents, noise, timesteps)
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            pred = session.predict(batch.model_input, batch.sigmas, batch.timesteps, cond, noise)
+        loss = training_loss(pred, batch, loss=cfg.loss, delta=cfg.huber_delta, min_snr_gamma=cfg.min_snr_gamma)
+        loss = loss * share / cfg.gradient_accumulation
+        run.scaler.scale(loss).backward()
+        total += loss.detach()
+    dist.average_gradients(run.params)
+    if cfg.max_grad_norm > 0:
+        run.scaler.unscale_(run.optimizer)
+        torch.nn.utils.clip_grad_norm_(run.params, cfg.max_grad_norm)
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scheduler.step()
+    return total
+
+
 def train_lora(
     cfg: TrainConfig,
     dataset: LoraDataset,
@@ -215,128 +363,125 @@ def train_lora(
     output_dir: str | Path,
     *,
     save: Callable[[Path, dict[str, torch.Tensor], dict[str, str]], None] | None = None,
+    dist: Distributed = SINGLE_PROCESS,
 ) -> TrainResult:
-    """Train a LoRA on `dataset` with the model `host` lends; write `<output_dir>/<output_name>.safetensors`."""
-    from lora_train.lora_io import build_metadata, save_lora
-    from lora_train.network import AdapterSet, find_targets
+    """Train a LoRA on `dataset` with the model `host` lends; write `<output_dir>/<output_name>.safetensors`.
 
-    save = save or save_lora
+    With `cfg.resume`, a `<output_name>.lora_state` left by an interrupted run is continued bit-identically.
+    With `dist` from a torchrun launch, each process trains on its rows of every global batch of
+    batch_size x world_size and only rank 0 writes files (see lora_train.distributed).
+    """
+    from lora_train.lora_io import build_metadata, save_lora
+    from lora_train.resume import check_compatible, load_state, prune_intermediate, state_path
+    from lora_train.resume import save_state as write_state
+
+    save = dist.main_only(save or save_lora)
+    save_state = dist.main_only(write_state)
     validate_inputs(cfg, dataset)
     output_dir = Path(output_dir)
+    state_file = state_path(output_dir, cfg.output_name)
+    resume_state = load_state(state_file) if cfg.resume and state_file.is_file() else None
     started = time.time()
     examples = host.encode_examples(dataset, cfg)
     generator = torch.Generator().manual_seed(cfg.seed)
-    order = BatchOrder(examples, cfg.batch_size, generator)
+    order = BatchOrder(examples, cfg.batch_size * dist.world_size, generator)
     steps = total_steps(cfg, order)
-    history: list[tuple[int, float]] = []
     saved: list[Path] = []
 
-    with host.session(cfg) as session:
-        device = session.device
-        targets = find_targets(session.diffusion_model, target_filter(cfg, session.diffusion_model))
-        if not targets:
-            raise TrainingError(f"no layers matched targets={cfg.targets!r} in this model; try targets=all_linear")
-        torch.manual_seed(cfg.seed)
-        adapters = AdapterSet.create(targets, _adapter_spec(cfg), key_prefix_for=session.kohya_prefix, device=device)
-        params = [p for p in adapters.parameters() if p.requires_grad]
-        optimizer = make_optimizer(cfg.optimizer, [{"params": params, "lr": cfg.learning_rate}], cfg.weight_decay)
-        scheduler = make_scheduler(cfg.lr_scheduler, optimizer, steps, cfg.warmup_steps)
-        autocast_dtype = AUTOCAST[cfg.mixed_precision]
-        scaler = torch.amp.GradScaler(device.type, enabled=cfg.mixed_precision == "fp16")
-        log.info(
-            "training %d adapters (%d params) for %d steps on %s",
-            len(targets),
-            sum(p.numel() for p in params),
-            steps,
-            device,
+    def metadata(step: int) -> dict[str, str]:
+        return build_metadata(
+            cfg.to_dict(),
+            base_model_name=host.base_model_name,
+            architecture=host.architecture,
+            network=cfg.network,
+            rank=cfg.rank,
+            alpha=cfg.alpha,
+            steps=step,
+            epochs=order.epoch,
+            dataset=dataset,
+            started_at=started,
+            title=cfg.output_name,
+            trigger_words=cfg.trigger_word,
         )
 
-        def metadata(step: int) -> dict[str, str]:
-            return build_metadata(
-                cfg.to_dict(),
-                base_model_name=host.base_model_name,
-                architecture=host.architecture,
-                network=cfg.network,
-                rank=cfg.rank,
-                alpha=cfg.alpha,
-                steps=step,
-                epochs=order.epoch,
-                dataset=dataset,
-                started_at=started,
-                title=cfg.output_name,
-                trigger_words=cfg.trigger_word,
-            )
-
-        running = torch.zeros((), device=device)
-        smoothed = None
+    with host.session(cfg) as session:
+        base_model = session.fingerprint()
+        run = _build_run(cfg, session, generator, order, steps)
+        dist.broadcast_parameters(run.params)
+        if resume_state is not None:
+            check_compatible(resume_state, cfg, base_model, state_file)
+            _restore(run, resume_state)
+            log.info("resuming %s at step %d of %d", state_file.name, run.step, steps)
+        log.info(
+            "training %d adapters (%d params) for %d steps on %s",
+            sum(len(a.module_paths) for a in run.adapter_sets),
+            sum(p.numel() for p in run.params),
+            steps,
+            session.device,
+        )
+        running = torch.zeros((), device=session.device)
+        smoothed = run.history[-1][1] if run.history else None
         window_start, window_steps = time.time(), 0
-        adapters.attach()
+        for adapter_set in run.adapter_sets:
+            adapter_set.attach()
         try:
             with gradient_checkpointing(session.diffusion_model, cfg.gradient_checkpointing):
-                for step in range(steps):
-                    for _ in range(cfg.gradient_accumulation):
-                        indices = order.next()
-                        latents = torch.stack([examples[i].latents for i in indices]).to(device)
-                        drop = torch.rand(len(indices), generator=generator) < cfg.caption_dropout
-                        conds = [
-                            examples[i].empty_cond if d else examples[i].cond
-                            for i, d in zip(indices, drop, strict=True)
-                        ]
-                        noise = sample_noise(latents, generator, cfg.noise_offset)
-                        batch = diffusion_batch(
-                            session.sampling, latents, noise, sample_timesteps(len(indices), generator)
-                        )
-                        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                            pred = session.predict(
-                                batch.model_input, batch.sigmas, batch.timesteps, session.collate(conds), noise
-                            )
-                        loss = (
-                            training_loss(
-                                pred, batch, loss=cfg.loss, delta=cfg.huber_delta, min_snr_gamma=cfg.min_snr_gamma
-                            )
-                            / cfg.gradient_accumulation
-                        )
-                        scaler.scale(loss).backward()
-                        running += loss.detach()
-                    if cfg.max_grad_norm > 0:
-                        scaler.unscale_(optimizer)
-                        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-                    scaler.step(optimizer)
-                    scaler.update()
-                    optimizer.zero_grad(set_to_none=True)
-                    lr = scheduler.get_last_lr()[0]
-                    scheduler.step()
-                    host.check_cancel()
+                while run.step < steps:
+                    lr = run.scheduler.get_last_lr()[0]
+                    # Cancel (ComfyUI raises it inside any op, mid-step) or Ctrl-C: keep a resumable state of the
+                    # last finished step. Weights and optimizer only change at the end of a step; the random
+                    # streams and the data order are taken back to where that step began.
+                    step_start = _stream_state(run)
+                    try:
+                        running += _optimizer_step(cfg, run, session, examples, dist)
+                    except BaseException:
+                        save_state(state_file, _snapshot(run, cfg, base_model, streams=step_start))
+                        raise
+                    run.step += 1
                     window_steps += 1
-                    done = step + 1
+                    try:
+                        host.check_cancel()
+                    except BaseException:
+                        save_state(state_file, _snapshot(run, cfg, base_model))
+                        raise
+                    done = run.step
                     # One host<->device sync every log_every steps, not every step (or every step on the CPU).
-                    if done % cfg.log_every == 0 or done == steps or device.type == "cpu":
-                        mean_loss = float(running) / window_steps
+                    if done % cfg.log_every == 0 or done == steps or session.device.type == "cpu":
+                        mean_loss = float(dist.mean(running)) / window_steps
                         if not math.isfinite(mean_loss):
                             raise TrainingError(
                                 f"the loss became {mean_loss} by step {done} (lr {lr:.3g}, mixed_precision="
                                 f"{cfg.mixed_precision}); lower learning_rate, or use bf16/no instead of fp16. "
-                                "No LoRA was written for this step."
+                                "No LoRA was written for this step; the last good save is kept."
                             )
                         if done % cfg.log_every == 0 or done == steps:
                             smoothed = mean_loss if smoothed is None else 0.9 * smoothed + 0.1 * mean_loss
-                            history.append((done, mean_loss))
-                            elapsed = time.time() - started
+                            run.history.append((done, mean_loss))
                             rate = (time.time() - window_start) / window_steps
-                            host.report(Progress(done, steps, mean_loss, smoothed, lr, rate * (steps - done), elapsed))
+                            host.report(
+                                Progress(
+                                    done, steps, mean_loss, smoothed, lr, rate * (steps - done), time.time() - started
+                                )
+                            )
                             running.zero_()
                             window_start, window_steps = time.time(), 0
                     if cfg.save_steps and done % cfg.save_steps == 0 and done < steps:
                         path = output_dir / f"{cfg.output_name}_s{done:06d}.safetensors"
-                        save(path, adapters.state_dict_kohya(), metadata(done))
+                        save(path, lora_state_dict(run.adapter_sets), metadata(done))
+                        save_state(state_file, _snapshot(run, cfg, base_model))
                         saved.append(path)
-            tensors = {k: v.detach().float().cpu().contiguous() for k, v in adapters.state_dict_kohya().items()}
+                        if dist.is_main:
+                            prune_intermediate(output_dir, cfg.output_name, cfg.keep_last)
+            tensors = lora_state_dict(run.adapter_sets)
         finally:
-            adapters.detach()
+            for adapter_set in run.adapter_sets:
+                adapter_set.detach()
 
     final_metadata = metadata(steps)
     lora_path = output_dir / f"{cfg.output_name}.safetensors"
     save(lora_path, tensors, final_metadata)
     saved.append(lora_path)
+    if dist.is_main:
+        state_file.unlink(missing_ok=True)  # finished: the next run with this name starts fresh
     log.info("saved %s after %d steps in %.1fs", lora_path, steps, time.time() - started)
-    return TrainResult(lora_path, tensors, final_metadata, history, steps, saved)
+    return TrainResult(lora_path, tensors, final_metadata, run.history, steps, saved)

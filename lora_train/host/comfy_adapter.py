@@ -11,6 +11,7 @@ model_config / process_latent_in / extra_conds / process_timestep / get_dtype / 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -90,10 +91,46 @@ class ComfySession:
     device: torch.device
     dtype: torch.dtype
     prefixes: dict[str, str] = field(default_factory=dict)
+    host: ComfyHost | None = None
+    text_model: torch.nn.Module | None = None  # the CLIP's cond_stage_model when the text encoder trains
 
     def kohya_prefix(self, module_path: str) -> str:
         """kohya key prefix; diffusers-style block names (what kohya writes), LDM names where none exists."""
         return "lora_unet_" + self.prefixes.get(module_path, module_path).replace(".", "_")
+
+    def fingerprint(self) -> str:
+        """Identifies the base model (family + a sample of its current weights) for resume checks."""
+        digest = hashlib.sha256(type(self.model.model.model_config).__name__.encode())
+        for index, (name, tensor) in enumerate(self.diffusion_model.state_dict().items()):
+            if index >= 8:
+                break
+            digest.update(name.encode())
+            digest.update(tensor.detach().flatten()[:1024].float().cpu().numpy().tobytes())
+        return f"{type(self.model.model.model_config).__name__}:{digest.hexdigest()[:16]}"
+
+    def text_encoder_targets(self) -> dict[str, torch.nn.Module]:
+        """The text encoders' attention and MLP projections (kohya's CLIPAttention/CLIPMLP targets)."""
+        if self.text_model is None:
+            return {}
+        return {
+            path: module
+            for path, module in self.text_model.named_modules()
+            if isinstance(module, torch.nn.Linear) and ".encoder.layers." in path and ".transformer." in path
+        }
+
+    def kohya_te_prefix(self, module_path: str) -> str:
+        """`clip_l.transformer.text_model.encoder.layers.0.self_attn.q_proj` -> `lora_te_text_model_..._q_proj`
+        (`lora_te1_` / `lora_te2_` for clip_l / clip_g when a model has two text encoders, as kohya names SDXL)."""
+        encoder, _, rest = module_path.partition(".transformer.")
+        encoders = sorted({p.split(".", 1)[0] for p in self.text_encoder_targets()})
+        prefix = "lora_te_" if len(encoders) < 2 else f"lora_te{encoders.index(encoder) + 1}_"
+        return prefix + rest.replace(".", "_")
+
+    def encode_captions(self, captions: list[str], latents: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Encode captions now, with gradients through the text encoder's adapters (text-encoder training)."""
+        assert self.host is not None
+        conds = [self.host.model_conds(self.host.encode_text(c), latents[i : i + 1]) for i, c in enumerate(captions)]
+        return self.collate(conds)
 
     def collate(self, conds: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         """Concatenate per-example ComfyUI conds (CONDRegular & co) into batch tensors on the device."""
@@ -148,13 +185,13 @@ class ComfyHost:
         self._progress_bar = None
 
     # ---- encoding (once per image and caption) -------------------------------------------------------------
-    def _encode_text(self, text: str) -> dict[str, Any]:
+    def encode_text(self, text: str) -> dict[str, Any]:
         tokens = self.clip.tokenize(text)
         encoded = self.clip.encode_from_tokens(tokens, return_pooled=True, return_dict=True)
         cond = encoded.pop("cond")
         return {"cross_attn": cond, **encoded}
 
-    def _model_conds(self, text_out: dict[str, Any], latents: torch.Tensor) -> dict[str, Any]:
+    def model_conds(self, text_out: dict[str, Any], latents: torch.Tensor) -> dict[str, Any]:
         base = self.model.model
         height, width = latents.shape[-2] * 8, latents.shape[-1] * 8
         conds = base.extra_conds(device=torch.device("cpu"), noise=latents, width=width, height=height, **text_out)
@@ -179,16 +216,16 @@ class ComfyHost:
                 caption = caption_with_trigger(item.caption, cfg.trigger_word)
                 for text in (caption, ""):
                     if text not in texts:
-                        texts[text] = self._encode_text(text)
+                        texts[text] = self.encode_text(text)
                 self.check_cancel()
-                examples.append((latents, texts[caption], texts[""], item.repeats))
+                examples.append((latents, caption, item.repeats))
         # Ordinary tensors (made outside inference mode, which every node runs in): autograd must save them.
         out = []
         with torch.inference_mode(False):
-            for latents, cond, empty, repeats in examples:
+            for latents, caption, repeats in examples:
                 latents = latents.clone()
-                conds = self._model_conds(cond, latents), self._model_conds(empty, latents)
-                out.append(Example(latents[0], *conds, repeats))
+                conds = self.model_conds(texts[caption], latents), self.model_conds(texts[""], latents)
+                out.append(Example(latents[0], *conds, repeats=repeats, caption=caption))
         return out
 
     # ---- the training session -------------------------------------------------------------------------------
@@ -202,30 +239,33 @@ class ComfyHost:
         kwargs = {"memory_required": extra}
         if "force_full_load" in mm.load_models_gpu.__code__.co_varnames:
             kwargs["force_full_load"] = True
-        mm.load_models_gpu([self.model], **kwargs)
+        text_model = self.clip.cond_stage_model if cfg.train_text_encoder else None
+        patchers = [self.model] + ([self.clip.patcher] if text_model is not None else [])
+        mm.load_models_gpu(patchers, **kwargs)
         base = self.model.model
-        diffusion = base.diffusion_model
-        was_training = diffusion.training
-        grads_before = {name: p.requires_grad for name, p in diffusion.named_parameters()}
+        frozen = [m for m in (base.diffusion_model, text_model) if m is not None]
+        states = [(m, m.training, {n: p.requires_grad for n, p in m.named_parameters()}) for m in frozen]
         try:
             with torch.inference_mode(False), torch.enable_grad():
-                replaced = _fresh_parameters(diffusion)
-                log.debug("made %d inference tensors trainable-safe", replaced)
-                for p in diffusion.parameters():
-                    p.requires_grad_(False)
+                for module in frozen:
+                    log.debug("made %d inference tensors trainable-safe", _fresh_parameters(module))
+                    module.requires_grad_(False)
                 yield ComfySession(
                     self.model,
-                    diffusion,
+                    base.diffusion_model,
                     self.model.get_model_object("model_sampling"),
                     self.model.load_device,
                     base.get_dtype(),
                     _diffusers_names(base),
+                    host=self,
+                    text_model=text_model,
                 )
         finally:
-            for name, p in diffusion.named_parameters():
-                p.grad = None
-                p.requires_grad_(grads_before.get(name, False))
-            diffusion.train(was_training)
+            for module, was_training, requires_grad in states:
+                for name, p in module.named_parameters():
+                    p.grad = None
+                    p.requires_grad_(requires_grad.get(name, False))
+                module.train(was_training)
             if hasattr(mm, "soft_empty_cache"):
                 mm.soft_empty_cache()
 

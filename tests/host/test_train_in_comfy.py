@@ -150,10 +150,123 @@ def test_non_finite_loss_stops_training_and_keeps_the_last_good_save(tiny_checkp
     with pytest.raises(TrainingError, match="loss became nan by step 3"), torch.inference_mode():
         train_lora(cfg, load_dataset(style_dataset_dir), _PoisonedHost(model, clip, vae), tmp_path)
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ["nan_s000001.safetensors", "nan_s000002.safetensors"], names
+    assert names == ["nan.lora_state", "nan_s000001.safetensors", "nan_s000002.safetensors"], names
+    from lora_train.resume import load_state
+
+    assert load_state(tmp_path / "nan.lora_state").step == 2, "the resume state must be the last good step"
 
 
 def test_a_model_that_is_not_a_diffusion_model_is_refused(tiny_checkpoint):
     _, clip, vae = tiny_checkpoint
     with pytest.raises(TrainingError, match="not a diffusion model"):
         ComfyHost(clip, clip, vae)
+
+
+def test_text_encoder_training_writes_kohya_te_keys_and_restores_the_clip(
+    tiny_checkpoint, style_dataset_dir, tmp_path
+):
+    model, clip, vae = tiny_checkpoint
+    import comfy.model_management as mm
+
+    mm.load_models_gpu([clip.patcher])
+    text_state = {k: v.detach().clone() for k, v in clip.cond_stage_model.state_dict().items()}
+    result = _train(model, clip, vae, load_dataset(style_dataset_dir), tmp_path, train_text_encoder=True)
+    te_keys = [k for k in result.lora_tensors if k.startswith("lora_te_")]
+    assert "lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight" in te_keys
+    assert any(k.startswith("lora_unet_") for k in result.lora_tensors)
+    after = clip.cond_stage_model.state_dict()
+    assert all(torch.equal(text_state[k], after[k]) for k in text_state), "text encoder weights changed"
+    hooked = [n for n, m in clip.cond_stage_model.named_modules() if m._forward_hooks]
+    assert not hooked
+    # ComfyUI's loader maps every text-encoder key of the file.
+    import comfy.lora
+
+    key_map = comfy.lora.model_lora_keys_clip(clip.cond_stage_model, {})
+    prefixes = {k.rsplit(".", 2)[0] if k.endswith(".weight") else k.rsplit(".", 1)[0] for k in te_keys}
+    assert prefixes <= set(key_map), sorted(prefixes - set(key_map))[:5]
+
+
+class _CancelAt(ComfyHost):
+    """The real host; the user presses Cancel (ComfyUI's interrupt flag) when step `cancel_at` is reported."""
+
+    cancel_at = 2
+
+    def report(self, progress):
+        super().report(progress)
+        if progress.step == self.cancel_at:
+            import comfy.model_management as mm
+
+            mm.interrupt_current_processing(True)
+
+
+def test_cancel_stops_within_one_step_and_restores_the_model(tiny_checkpoint, style_dataset_dir, tmp_path):
+    import comfy.model_management as mm
+
+    model, clip, vae = tiny_checkpoint
+    before = _snapshot(model)
+    host = _CancelAt(model, clip, vae)
+    steps_seen = []
+    host.send_event = lambda _event, data: steps_seen.append(data["step"])
+    cfg = TrainConfig.from_dict({"rank": 4, "steps": 50, "batch_size": 2, "resolution": 64, "log_every": 1})
+    try:
+        with pytest.raises(mm.InterruptProcessingException), torch.inference_mode():
+            train_lora(cfg, load_dataset(style_dataset_dir), host, tmp_path)
+    finally:
+        mm.interrupt_current_processing(False)
+    assert steps_seen == [1, 2], "training went on after Cancel"
+    assert not list(tmp_path.glob("*.safetensors"))
+    _assert_restored(model, before)
+
+
+def _cancelled_run(model, clip, vae, dataset, out, **overrides):
+    import comfy.model_management as mm
+
+    cfg = TrainConfig.from_dict(
+        {
+            "rank": 4,
+            "steps": 6,
+            "batch_size": 2,
+            "resolution": 64,
+            "log_every": 1,
+            "output_name": "resumed",
+            **overrides,
+        }
+    )
+    try:
+        with pytest.raises(mm.InterruptProcessingException), torch.inference_mode():
+            train_lora(cfg, dataset, _CancelAt(model, clip, vae), out)
+    finally:
+        mm.interrupt_current_processing(False)
+    return cfg
+
+
+def test_cancel_leaves_a_state_the_next_run_resumes_from(tiny_checkpoint, style_dataset_dir, tmp_path):
+    from lora_train.resume import load_state
+
+    model, clip, vae = tiny_checkpoint
+    dataset = load_dataset(style_dataset_dir)
+    cfg = _cancelled_run(model, clip, vae, dataset, tmp_path / "a")
+    assert load_state(tmp_path / "a" / "resumed.lora_state").step in (2, 3)  # mid-step 3 or right after 2
+    with torch.inference_mode():
+        resumed = train_lora(cfg, dataset, ComfyHost(model, clip, vae), tmp_path / "a")
+        straight = train_lora(cfg, dataset, ComfyHost(model, clip, vae), tmp_path / "b")
+    assert [s for s, _ in resumed.loss_history] == [1, 2, 3, 4, 5, 6]
+    assert all(torch.equal(resumed.lora_tensors[k], straight.lora_tensors[k]) for k in straight.lora_tensors)
+
+
+def test_resume_with_a_changed_rank_is_refused_naming_the_setting(tiny_checkpoint, style_dataset_dir, tmp_path):
+    from lora_train.resume import ResumeError
+
+    model, clip, vae = tiny_checkpoint
+    dataset = load_dataset(style_dataset_dir)
+    cfg = _cancelled_run(model, clip, vae, dataset, tmp_path)
+    with pytest.raises(ResumeError, match="rank was 4 and is now 8"), torch.inference_mode():
+        train_lora(cfg.replace(rank=8), dataset, ComfyHost(model, clip, vae), tmp_path)
+    assert (tmp_path / "resumed.lora_state").exists(), "a refused resume must keep the state"
+
+
+def test_keep_last_prunes_old_intermediate_saves(tiny_checkpoint, style_dataset_dir, tmp_path):
+    model, clip, vae = tiny_checkpoint
+    _train(model, clip, vae, load_dataset(style_dataset_dir), tmp_path, steps=5, save_steps=1, keep_last=2)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["t.safetensors", "t_s000003.safetensors", "t_s000004.safetensors"], names
