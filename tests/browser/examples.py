@@ -1,0 +1,235 @@
+"""The example workflows' graphs (API format), their placeholders, and the tiny-model profile the tests run them with.
+
+`example_workflows/api/*.json` are written from the builders here (`python -m tests.browser.build_examples`) and
+the UI-format files next to them are converted from those by the real frontend. Users replace the placeholders;
+the host test substitutes test values and shrinks sizes and steps for the tiny checkpoint (TINY_PROFILE).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+import http.server
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+EXAMPLES_DIR = Path(__file__).resolve().parent.parent.parent / "example_workflows"
+API_DIR = EXAMPLES_DIR / "api"
+
+# What a user sets before queueing (each also named in a Note on the UI-format workflow).
+CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
+DATASET_DIR = "__DATASET_DIR__"
+CLIP_MODEL = "__CLIP_MODEL__"
+MANIFEST_URL = "__MANIFEST_URL__"
+LORA_FILE = "my_style_lora.safetensors"  # what the training example saves and the publish example publishes
+PLACEHOLDERS = (CHECKPOINT, DATASET_DIR, CLIP_MODEL, MANIFEST_URL, LORA_FILE)
+
+# Sizes and step counts for the tiny test checkpoint (64 px, a few steps), by node type and input name.
+TINY_PROFILE: dict[str, dict[str, Any]] = {
+    "LoraTrain_LoadDataset": {"resolution": 64},
+    "LoraTrain_TrainLoRA": {
+        "steps": 12,
+        "resolution": 64,
+        "batch_size": 2,
+        "rank": 4,
+        "alpha": 4.0,
+        "learning_rate": 0.01,
+        "log_every": 2,
+    },
+    "EmptyLatentImage": {"width": 64, "height": 64},
+    "KSampler": {"steps": 4},
+}
+
+NOTES = {
+    "train_lora_from_folder": (
+        "Train a LoRA from a folder and sample with it at once.\n\n"
+        f"1. Load Checkpoint: pick your SD1.5 checkpoint.\n2. Load LoRA Dataset: set path to your image folder "
+        f"(replace {DATASET_DIR}); captions come from <image>.txt or metadata.csv (run the auto-label example "
+        "first if you have none).\n3. Train LoRA: set output_name and, for a style, a trigger_word. The chart under "
+        "the node shows the loss while it trains.\n\nThe two Save Image nodes show the same seed with and without "
+        "the LoRA."
+    ),
+    "auto_label_folder": (
+        "Caption a folder of images with CLIP (writes metadata.csv into the folder).\n\n"
+        f"folder: your image folder (replace {DATASET_DIR}).\nclip_path: a Hugging Face CLIP model folder (full "
+        f"path, or its name inside models/clip_vision; replace {CLIP_MODEL}). Or connect Load CLIP Vision + its "
+        "matching text encoder instead.\nmode skip never touches existing captions."
+    ),
+    "fetch_lora_and_sample": (
+        "Download a published LoRA by its release manifest and sample with it.\n\n"
+        f"urls: the manifest.json link of a release (replace {MANIFEST_URL}); plain .safetensors links and "
+        "several mirror links (one per line) work too. The file is verified (size, sha256, header) before it "
+        "lands in models/loras. The trigger words from the manifest start the prompt."
+    ),
+    "publish_lora_release": (
+        "Publish a LoRA from your loras folder as a versioned release: <name>_v<N>.safetensors, README.md "
+        "model card and manifest.json under output/lora_releases/<name>/.\n\n"
+        f"lora_name: the LoRA to publish ({LORA_FILE} is what the training example saves).\nAfter uploading the "
+        "folder, put its URL in mirrors and publish again, or edit manifest.json."
+    ),
+}
+
+
+def widget_defaults(settings_class) -> dict[str, Any]:
+    """Every widget of a Settings-backed node at its default (API-format workflows must name them all)."""
+    return {name: spec[1]["default"] for name, spec in settings_class.comfy_inputs().items()}
+
+
+def _sample(first_id: int, model: list, clip: list, vae: list, prefix: str, text: Any, title: str) -> dict:
+    """Prompt -> empty latent -> KSampler -> decode -> save, with numeric ids from `first_id`."""
+    pos, neg, latent, sampler, decode, save = (str(first_id + i) for i in range(6))
+    return {
+        pos: {"class_type": "CLIPTextEncode", "inputs": {"text": text, "clip": clip}, "_meta": {"title": "Prompt"}},
+        neg: {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry, lowres", "clip": clip},
+              "_meta": {"title": "Negative prompt"}},
+        latent: {"class_type": "EmptyLatentImage", "inputs": {"width": 512, "height": 512, "batch_size": 1}},
+        sampler: {"class_type": "KSampler",
+                  "inputs": {"model": model, "positive": [pos, 0], "negative": [neg, 0], "latent_image": [latent, 0],
+                             "seed": 1234, "steps": 20, "cfg": 7.0, "sampler_name": "euler", "scheduler": "normal",
+                             "denoise": 1.0}},
+        decode: {"class_type": "VAEDecode", "inputs": {"samples": [sampler, 0], "vae": vae}},
+        save: {"class_type": "SaveImage", "inputs": {"images": [decode, 0], "filename_prefix": prefix},
+               "_meta": {"title": title}},
+    }  # fmt: skip
+
+
+def _checkpoint() -> dict:
+    return {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CHECKPOINT}}
+
+
+def train_lora_from_folder() -> dict:
+    """Folder -> Load LoRA Dataset -> Train LoRA -> sample with the LoRA, and the same sample without it."""
+    from lora_train.config import TrainConfig
+    from lora_train.data import DatasetConfig
+
+    train = widget_defaults(TrainConfig) | {"output_name": LORA_FILE.removesuffix(".safetensors")}
+    prompt = "a lighthouse on a cliff at sunset"
+    return {
+        "1": _checkpoint(),
+        "2": {"class_type": "LoraTrain_LoadDataset", "inputs": widget_defaults(DatasetConfig) | {"path": DATASET_DIR}},
+        "3": {"class_type": "LoraTrain_TrainLoRA",
+              "inputs": {"model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "dataset": ["2", 0], **train,
+                         "captions": ""}},
+        **_sample(10, ["3", 0], ["3", 1], ["1", 2], "lora_train/with_lora", prompt, "With the new LoRA"),
+        **_sample(20, ["1", 0], ["1", 1], ["1", 2], "lora_train/without_lora", prompt, "Base model (same seed)"),
+    }  # fmt: skip
+
+
+def auto_label_folder() -> dict:
+    """Auto-label (CLIP) over a folder, its summary shown as text."""
+    from lora_train.caption import CaptionConfig
+
+    label = {"folder": DATASET_DIR, **widget_defaults(CaptionConfig), "clip_path": CLIP_MODEL}
+    return {
+        "1": {"class_type": "LoraTrain_AutoLabel", "inputs": label},
+        "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 1]}, "_meta": {"title": "Captions written"}},
+    }
+
+
+def fetch_lora_and_sample() -> dict:
+    """Fetch LoRA by manifest (applied to the model) -> prompt starting with its trigger words -> sample."""
+    from lora_train.fetch import FetchConfig
+
+    fetch = widget_defaults(FetchConfig) | {"urls": MANIFEST_URL}
+    return {
+        "1": _checkpoint(),
+        "2": {"class_type": "LoraTrain_FetchLoRA",
+              "inputs": {**fetch, "model": ["1", 0], "clip": ["1", 1], "strength_model": 1.0, "strength_clip": 1.0}},
+        "3": {"class_type": "StringConcatenate",
+              "inputs": {"string_a": ["2", 3], "string_b": "a lighthouse on a cliff at sunset", "delimiter": ", "},
+              "_meta": {"title": "Trigger words + prompt"}},
+        **_sample(10, ["2", 1], ["2", 2], ["1", 2], "lora_train/fetched", ["3", 0], "With the fetched LoRA"),
+    }  # fmt: skip
+
+
+def publish_lora_release() -> dict:
+    """Publish LoRA on a file from the loras folder, the release folder shown as text."""
+    from lora_train.publish import PublishConfig
+
+    publish = widget_defaults(PublishConfig) | {
+        "name": "my_style", "title": "My Style", "description": "A style LoRA trained with LoRA Train.",
+        "recommended_weight": 0.8, "license": "CC-BY-4.0", "data_source": "My own photographs.",
+    }  # fmt: skip
+    return {
+        "1": {"class_type": "LoraTrain_PublishLoRA", "inputs": {"lora_name": LORA_FILE, **publish}},
+        "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 0]}, "_meta": {"title": "Release folder"}},
+    }
+
+
+BUILDERS = {
+    "train_lora_from_folder": train_lora_from_folder,
+    "auto_label_folder": auto_label_folder,
+    "fetch_lora_and_sample": fetch_lora_and_sample,
+    "publish_lora_release": publish_lora_release,
+}
+
+
+# ---- reading the committed files -----------------------------------------------------------------------------
+def load_api(name: str) -> dict:
+    """A committed API-format example."""
+    return json.loads((API_DIR / f"{name}.json").read_text())
+
+
+def load_ui(name: str) -> dict:
+    """A committed UI-format example (what ComfyUI's template browser opens)."""
+    return json.loads((EXAMPLES_DIR / f"{name}.json").read_text())
+
+
+def substitute(document: Any, values: dict[str, str]) -> Any:
+    """A deep copy of `document` with every string equal to a key of `values` replaced by its value."""
+    if isinstance(document, dict):
+        return {key: substitute(value, values) for key, value in document.items()}
+    if isinstance(document, list):
+        return [substitute(value, values) for value in document]
+    if isinstance(document, str):
+        return values.get(document, document)
+    return copy.copy(document)
+
+
+def tiny(workflow: dict, profile: dict[str, dict[str, Any]] = TINY_PROFILE) -> dict:
+    """The API workflow with TINY_PROFILE's sizes and step counts applied (for the tiny test checkpoint)."""
+    shrunk = copy.deepcopy(workflow)
+    for node in shrunk.values():
+        for name, value in profile.get(node["class_type"], {}).items():
+            if name in node["inputs"]:
+                node["inputs"][name] = value
+    return shrunk
+
+
+def leftover_placeholders(document: Any) -> set[str]:
+    """Placeholder strings (`__NAME__`) still present in `document`."""
+    text = json.dumps(document)
+    return {p for p in (DATASET_DIR, CLIP_MODEL, MANIFEST_URL) if f'"{p}"' in text}
+
+
+# ---- a release to fetch --------------------------------------------------------------------------------------
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format, *args):  # the stdlib's signature; requests are not logged
+        pass
+
+
+@contextlib.contextmanager
+def serve_folder(folder: Path) -> Iterator[str]:
+    """A static HTTP server on 127.0.0.1 for `folder` (created if missing); yields its base URL."""
+    folder.mkdir(parents=True, exist_ok=True)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=folder))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def publish_release(lora_path: Path, releases: Path, base_url: str, name: str):
+    """Publish `lora_path` as release `name` into `releases` (served at `base_url`) with lora_train.publish."""
+    from lora_train.publish import PublishConfig, publish_lora
+
+    config = PublishConfig(name=name, trigger_words=["redstyle"], mirrors=[f"{base_url}{name}/"])
+    return publish_lora(config, lora_path, releases)
