@@ -189,8 +189,10 @@ class Settings:
                     if meta.get(key) is not None:
                         opts[key] = meta[key]
                 if typ is float:
-                    opts.setdefault("step", 0.0001 if (default or 1) < 0.01 else 0.01)
-                    opts["round"] = False
+                    # Small values (learning rates) need fine steps; the frontend rounds to `round` (False is
+                    # ignored by frontend 1.32, so a tiny positive value keeps what the user typed).
+                    opts.setdefault("step", 1e-6 if (default or 1) < 0.01 else 0.01)
+                    opts["round"] = 1e-10
                 inputs[f.name] = ("INT" if typ is int else "FLOAT", {**opts, "default": default})
             else:
                 text = ", ".join(default) if isinstance(default, list) else (default or "")
