@@ -270,3 +270,16 @@ def test_keep_last_prunes_old_intermediate_saves(tiny_checkpoint, style_dataset_
     _train(model, clip, vae, load_dataset(style_dataset_dir), tmp_path, steps=5, save_steps=1, keep_last=2)
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == ["t.safetensors", "t_s000003.safetensors", "t_s000004.safetensors"], names
+
+
+def test_resume_state_from_another_base_model_is_refused(tiny_checkpoint, style_dataset_dir, tmp_path):
+    from lora_train.resume import ResumeError
+
+    model, clip, vae = tiny_checkpoint
+    dataset = load_dataset(style_dataset_dir)
+    cfg = _cancelled_run(model, clip, vae, dataset, tmp_path)
+    other = model.clone()
+    patched = "diffusion_model.output_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"  # deep inside, not first
+    other.add_patches({patched: ("diff", (torch.full((320, 768), 0.01),))}, 1.0)
+    with pytest.raises(ResumeError, match="another base model"), torch.inference_mode():
+        train_lora(cfg, dataset, ComfyHost(other, clip, vae), tmp_path)
