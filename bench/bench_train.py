@@ -153,9 +153,12 @@ def main() -> int:
         return 0
 
     from lora_train import devhost
-    from lora_train.synthetic import write_style_dataset
 
     host = devhost.setup_host()
+    if Path(sys.executable).absolute() != host.python.absolute():  # run the orchestrator in the host venv too
+        os.execv(str(host.python), [str(host.python), __file__, *sys.argv[1:]])
+    from lora_train.synthetic import write_style_dataset
+
     if not (devhost.cache_dir() / "models" / "checkpoints").is_dir():
         subprocess.run([sys.executable, "tests/run.py", "tests/host/test_wiring.py", "-q"], cwd=REPO, check=True)
     dataset_dir = str(write_style_dataset(devhost.cache_dir() / "bench_dataset"))
