@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -35,6 +34,35 @@ PEERS = {
 BATCH, RANK, RESOLUTION, LR, SEED = 2, 8, 64, 1e-4, 0
 
 
+class RssPeak:
+    """Peak resident memory above the level at start, sampled every 5 ms while training runs (process-wide
+    ru_maxrss would be dominated by checkpoint loading, identical for every peer)."""
+
+    def __enter__(self) -> RssPeak:
+        import threading
+
+        import psutil
+
+        self._process = psutil.Process()
+        self.baseline = self.peak = self._process.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+        return self
+
+    def _poll(self) -> None:
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, self._process.memory_info().rss)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def extra_mb(self) -> float:
+        return (self.peak - self.baseline) / 2**20
+
+
 def _load(comfyui: str, dataset_dir: str):
     from lora_train.host.bootstrap import import_comfy
 
@@ -52,7 +80,7 @@ def _load(comfyui: str, dataset_dir: str):
     return model, clip, vae, load_dataset(dataset_dir)
 
 
-def worker_ours(comfyui: str, dataset_dir: str, steps: int, settings: dict) -> float:
+def worker_ours(comfyui: str, dataset_dir: str, steps: int, settings: dict) -> tuple[float, float]:
     import tempfile
 
     import torch
@@ -80,12 +108,14 @@ def worker_ours(comfyui: str, dataset_dir: str, steps: int, settings: dict) -> f
     with torch.inference_mode(), tempfile.TemporaryDirectory() as out:
         examples = host.encode_examples(dataset, cfg)  # encoded before the timed span, as for the built-in node
         host.encode_examples = lambda *_: examples
-        start = time.perf_counter()
-        train_lora(cfg, dataset, host, out)
-        return time.perf_counter() - start
+        with RssPeak() as memory:
+            start = time.perf_counter()
+            train_lora(cfg, dataset, host, out)
+            seconds = time.perf_counter() - start
+    return seconds, memory.extra_mb
 
 
-def worker_builtin(comfyui: str, dataset_dir: str, steps: int) -> float:
+def worker_builtin(comfyui: str, dataset_dir: str, steps: int) -> tuple[float, float]:
     import numpy as np
     import torch
 
@@ -99,6 +129,7 @@ def worker_builtin(comfyui: str, dataset_dir: str, steps: int) -> float:
             latents.append({"samples": vae.encode(pixels)})
             cond, pooled = clip.encode_from_tokens(clip.tokenize(item.caption), return_pooled=True)
             positive.append([[cond, {"pooled_output": pooled}]])
+        memory = RssPeak().__enter__()
         start = time.perf_counter()  # encoding stays outside the timed span, as for ours
         TrainLoraNode.execute(
             model=[model],
@@ -118,11 +149,13 @@ def worker_builtin(comfyui: str, dataset_dir: str, steps: int) -> float:
             gradient_checkpointing=[False],
             existing_lora=["[None]"],
         )
-    return time.perf_counter() - start
+        seconds = time.perf_counter() - start
+        memory.__exit__()
+    return seconds, memory.extra_mb
 
 
 def run_worker(name: str, steps: int, comfyui: str, python: str, dataset_dir: str) -> tuple[float, float]:
-    """(seconds, peak RSS MB) of one worker process."""
+    """(seconds, peak RSS MB above the pre-training level) of one worker process."""
     out = subprocess.run(
         [python, __file__, "--worker", name, "--steps", str(steps), "--comfyui", comfyui, "--dataset", dataset_dir],
         capture_output=True,
@@ -148,11 +181,10 @@ def main() -> int:
     if args.worker:
         settings = PEERS[args.worker]
         if settings is None:
-            seconds = worker_builtin(args.comfyui, args.dataset, args.steps)
+            seconds, extra_mb = worker_builtin(args.comfyui, args.dataset, args.steps)
         else:
-            seconds = worker_ours(args.comfyui, args.dataset, args.steps, settings)
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print(json.dumps({"seconds": seconds, "peak_rss_mb": peak}))
+            seconds, extra_mb = worker_ours(args.comfyui, args.dataset, args.steps, settings)
+        print(json.dumps({"seconds": seconds, "peak_rss_mb": extra_mb}))
         return 0
 
     from lora_train import devhost
@@ -174,7 +206,8 @@ def main() -> int:
             per_step[name].append((long - short) / (args.long - args.short))
             peaks[name].append(peak)
             print(
-                f"round {round_index + 1}: {name}: {per_step[name][-1]:.4f} s/step, peak RSS {peak:.0f} MB", flush=True
+                f"round {round_index + 1}: {name}: {per_step[name][-1]:.4f} s/step, training memory +{peak:.0f} MB",
+                flush=True,
             )
     builtin = "builtin TrainLoraNode"
     base_step, base_peak = statistics.median(per_step[builtin]), statistics.median(peaks[builtin])
@@ -182,7 +215,7 @@ def main() -> int:
         f"\nbatch {BATCH}, {RESOLUTION} px, rank {RANK}, fp32, AdamW, {os.cpu_count()} CPU threads; median of "
         f"{args.rounds} rounds; per-step = (T({args.long}) - T({args.short})) / {args.long - args.short}"
     )
-    print(f"{'peer':<42} {'s/step':>8} {'steps/s':>8} {'peak MB':>8} {'speed x':>8} {'memory x':>9}")
+    print(f"{'peer':<42} {'s/step':>8} {'steps/s':>8} {'+MB':>8} {'speed x':>8} {'memory x':>9}")
     for name in PEERS:
         step, peak = statistics.median(per_step[name]), statistics.median(peaks[name])
         print(
