@@ -18,11 +18,13 @@ from typing import Any, Protocol
 
 import torch
 
+from lora_train.captions import kept_tags, training_captions
 from lora_train.config import TrainConfig
 from lora_train.data import LoraDataset
 from lora_train.distributed import SINGLE_PROCESS, Distributed
 from lora_train.losses import diffusion_batch, sample_noise, sample_timesteps, training_loss
 from lora_train.optim import make_optimizer, make_scheduler
+from lora_train.previews import sample_due, write_previews
 
 log = logging.getLogger(__name__)
 
@@ -311,6 +313,15 @@ def _restore(run: Run, state) -> None:
     run.history = [(int(s), float(v)) for s, v in state.history]
 
 
+def _batch_cond(cfg: TrainConfig, session: TrainingSession, picked: list, texts: list[str] | None, latents):
+    """The batch's conditioning: the cached embeddings, or `texts` encoded now (text-encoder training: with
+    gradients through its adapters; shuffled captions: frozen, under no_grad)."""
+    if texts is None:
+        return session.collate([example.empty_cond if drop else example.cond for example, drop in picked])
+    with contextlib.nullcontext() if cfg.train_text_encoder else torch.no_grad():
+        return session.encode_captions(texts, latents)
+
+
 def _optimizer_step(
     cfg: TrainConfig, run: Run, session: TrainingSession, examples: list[Example], dist: Distributed
 ) -> torch.Tensor:
@@ -325,6 +336,11 @@ def _optimizer_step(
     for _ in range(cfg.gradient_accumulation):
         indices = run.order.next()
         drop = (torch.rand(len(indices), generator=run.generator) < cfg.caption_dropout).tolist()
+        texts = None
+        if cfg.train_text_encoder or cfg.shuffle_captions:  # captions encoded per step, not from the cache
+            keep = kept_tags(cfg.keep_tokens, cfg.trigger_word)
+            captions = [examples[i].caption for i in indices]
+            texts = training_captions(captions, drop, run.generator, keep=keep, shuffle=cfg.shuffle_captions)
         global_latents = torch.stack([examples[i].latents for i in indices])
         noise = sample_noise(global_latents, run.generator, cfg.noise_offset)
         timesteps = sample_timesteps(len(indices), run.generator)
@@ -334,10 +350,7 @@ def _optimizer_step(
         share = dist.loss_weight(len(rows), len(indices))
         latents, noise, timesteps = global_latents[rows].to(device), noise[rows].to(device), timesteps[rows]
         picked = [(examples[indices[r]], drop[r]) for r in rows]
-        if cfg.train_text_encoder:  # encode now, through the text encoder's adapters
-            cond = session.encode_captions(["" if d else e.caption for e, d in picked], latents)
-        else:
-            cond = session.collate([e.empty_cond if d else e.cond for e, d in picked])
+        cond = _batch_cond(cfg, session, picked, None if texts is None else [texts[r] for r in rows], latents)
         batch = diffusion_batch(session.sampling, latents, noise, timesteps)
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             pred = session.predict(batch.model_input, batch.sigmas, batch.timesteps, cond, noise)
@@ -472,6 +485,8 @@ def train_lora(
                         saved.append(path)
                         if dist.is_main:
                             prune_intermediate(output_dir, cfg.output_name, cfg.keep_last)
+                    if dist.is_main and sample_due(cfg.sample_every, done, steps):
+                        write_previews(session, host, run.adapter_sets, cfg, output_dir, done, steps)
             tensors = lora_state_dict(run.adapter_sets)
         finally:
             for adapter_set in run.adapter_sets:

@@ -13,12 +13,15 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from lora_train.captions import preview_prompts
 from lora_train.config import TrainConfig
 from lora_train.data import LoraDataset, assign_buckets
 from lora_train.train import Example, Progress, TrainingError
@@ -33,6 +36,8 @@ ARCHITECTURES = {
     "SD21UnclipH": "stable-diffusion-v2-768-v/lora",
 }
 PROGRESS_EVENT = "lora_train.train_progress"
+SAMPLE_EVENT = "lora_train.train_sample"
+PREVIEW_SAMPLER, PREVIEW_SCHEDULER, PREVIEW_MAX_SIZE = "euler", "normal", 512
 
 
 def model_family(model) -> str:
@@ -137,6 +142,34 @@ class ComfySession:
         first = conds[0]
         return {key: first[key].concat([c[key] for c in conds[1:]]).to(self.device) for key in first}
 
+    def sample_previews(self, cfg: TrainConfig) -> list:
+        """One image per preview prompt: ComfyUI's own sampler on this patcher (the adapters are forward hooks on
+        its modules, so it samples with the LoRA), then the VAE. The caller holds no_grad and the RNG streams."""
+        import comfy.sample
+
+        assert self.host is not None
+        positives, negative = self.host.preview_conditioning(fresh=self.text_model is not None)
+        size = cfg.resolution // 8
+        latent = comfy.sample.fix_empty_latent_channels(self.model, torch.zeros([1, 4, size, size]))
+        was_training = self.diffusion_model.training
+        self.diffusion_model.eval()
+        images = []
+        try:
+            for positive in positives:
+                # KSampler's own noise for this seed (it reseeds torch's global stream; the caller restores it), so
+                # a KSampler with the trained LoRA and seed sample_seed redraws the preview.
+                noise = comfy.sample.prepare_noise(latent, cfg.sample_seed)
+                samples = comfy.sample.sample(
+                    self.model, noise, cfg.sample_steps, cfg.sample_cfg, PREVIEW_SAMPLER, PREVIEW_SCHEDULER,
+                    positive, negative, latent, disable_pbar=True, seed=cfg.sample_seed,
+                )  # fmt: skip
+                images.append(_to_pil(self.host.vae.decode(samples)[0]))
+        finally:
+            self.diffusion_model.train(was_training)
+            # The sampler may have (re)loaded the model, which brings ComfyUI's inference-mode weights back.
+            _fresh_parameters(self.diffusion_model)
+        return images
+
     def predict(self, model_input, sigmas, timesteps, cond, noisy) -> torch.Tensor:
         """The raw diffusion-model output (eps, v or flow), as BaseModel would compute it before denoising."""
         base = self.model.model
@@ -152,6 +185,14 @@ class ComfySession:
         extra = {k: (v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in extra.items()}
         t = base.process_timestep(timesteps.float(), x=noisy, **extra)
         return base.diffusion_model(x, t, context=context, control=None, transformer_options={}, **extra)
+
+
+def _to_pil(pixels: torch.Tensor):
+    """[H, W, C] floats in 0..1 (VAE.decode's layout) as a PIL image."""
+    from PIL import Image
+
+    array = (pixels.detach().float().clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).cpu().numpy()
+    return Image.fromarray(array[..., :3])
 
 
 def _diffusers_names(base) -> dict[str, str]:
@@ -183,6 +224,8 @@ class ComfyHost:
         self.architecture = ARCHITECTURES[self.family]
         self.base_model_name = self.family
         self._progress_bar = None
+        self._preview_prompts: list[str] = []
+        self._preview_conds: tuple[list, list] | None = None
 
     # ---- encoding (once per image and caption) -------------------------------------------------------------
     def encode_text(self, text: str) -> dict[str, Any]:
@@ -190,6 +233,20 @@ class ComfyHost:
         encoded = self.clip.encode_from_tokens(tokens, return_pooled=True, return_dict=True)
         cond = encoded.pop("cond")
         return {"cross_attn": cond, **encoded}
+
+    def encode_conditioning(self, text: str) -> list:
+        """CONDITIONING for ComfyUI's sampler (what CLIPTextEncode outputs)."""
+        return self.clip.encode_from_tokens_scheduled(self.clip.tokenize(text))
+
+    def preview_conditioning(self, *, fresh: bool = False) -> tuple[list, list]:
+        """(one CONDITIONING per preview prompt, the empty negative); encoded once, or now when `fresh` (the text
+        encoder is training: its adapters must be in the previews)."""
+        if fresh or self._preview_conds is None:
+            conds = ([self.encode_conditioning(p) for p in self._preview_prompts], self.encode_conditioning(""))
+            if fresh:
+                return conds
+            self._preview_conds = conds
+        return self._preview_conds
 
     def model_conds(self, text_out: dict[str, Any], latents: torch.Tensor) -> dict[str, Any]:
         base = self.model.model
@@ -204,7 +261,12 @@ class ComfyHost:
         texts: dict[str, dict[str, Any]] = {}
         examples = []
         buckets = assign_buckets(dataset.items, cfg.resolution)
+        first = caption_with_trigger(dataset.items[0].caption, cfg.trigger_word) if dataset.items else ""
+        self._preview_prompts = preview_prompts(cfg.sample_prompts, cfg.trigger_word, first)
+        self._preview_conds = None
         with torch.inference_mode():
+            if cfg.sample_every:  # before training loads the model: on a GPU, encoding later could evict it
+                self.preview_conditioning()
             for index, (item, bucket) in enumerate(zip(dataset.items, buckets, strict=True)):
                 try:
                     image = item.load()
@@ -240,7 +302,9 @@ class ComfyHost:
         if "force_full_load" in mm.load_models_gpu.__code__.co_varnames:
             kwargs["force_full_load"] = True
         text_model = self.clip.cond_stage_model if cfg.train_text_encoder else None
-        patchers = [self.model] + ([self.clip.patcher] if text_model is not None else [])
+        # Shuffled captions are encoded every step: the text encoder stays loaded next to the model.
+        encodes = cfg.train_text_encoder or cfg.shuffle_captions
+        patchers = [self.model] + ([self.clip.patcher] if encodes else [])
         mm.load_models_gpu(patchers, **kwargs)
         base = self.model.model
         frozen = [m for m in (base.diffusion_model, text_model) if m is not None]
@@ -275,12 +339,33 @@ class ComfyHost:
 
         mm.throw_exception_if_processing_interrupted()
 
-    def report(self, progress: Progress) -> None:
+    def _bar(self, total: int):
         import comfy.utils
 
         if self._progress_bar is None:
-            self._progress_bar = comfy.utils.ProgressBar(progress.total)
-        self._progress_bar.update_absolute(progress.step, progress.total)
+            self._progress_bar = comfy.utils.ProgressBar(total)
+        return self._progress_bar
+
+    def show_samples(self, step: int, total: int, images: list, paths: list) -> None:
+        """Show the newest preview on the node (progress preview) and tell the client where each one is."""
+        if not images:
+            return
+        self._bar(total).update_absolute(step, total, ("JPEG", images[-1], PREVIEW_MAX_SIZE))
+        if self.send_event is None:
+            return
+        import folder_paths
+
+        for image, path in zip(images, paths, strict=True):
+            # A copy in ComfyUI's temp folder: the client fetches it through /view?type=temp.
+            name = f"lora_train_{path.stem}_{uuid.uuid4().hex[:8]}.png"
+            temp = Path(folder_paths.get_temp_directory())
+            temp.mkdir(parents=True, exist_ok=True)
+            image.save(temp / name, compress_level=1)
+            data = {"node": self.node_id, "step": step, "image": {"filename": name, "subfolder": "", "type": "temp"}}
+            self.send_event(SAMPLE_EVENT, data)
+
+    def report(self, progress: Progress) -> None:
+        self._bar(progress.total).update_absolute(progress.step, progress.total)
         if self.send_event is not None:
             self.send_event(
                 PROGRESS_EVENT,

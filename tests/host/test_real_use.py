@@ -1,0 +1,118 @@
+"""Training that holds up in real use, in-process on ComfyUI's real model management: previews, shuffled captions,
+encode-once caching, memory, optimizers and a full disk."""
+
+import pytest
+import torch
+from PIL import Image
+
+from lora_train.config import TrainConfig
+from lora_train.data import load_dataset
+from lora_train.host.comfy_adapter import ComfyHost
+from lora_train.train import train_lora
+
+pytestmark = pytest.mark.host
+
+BASE = {
+    "rank": 4,
+    "alpha": 4,
+    "steps": 4,
+    "batch_size": 2,
+    "resolution": 64,
+    "learning_rate": 1e-3,
+    "dropout": 0.1,  # adapter dropout draws from torch's global stream: a disturbed stream shows in the weights
+    "output_name": "real",
+    "log_every": 1,
+}
+
+
+def _train(checkpoint, dataset, out, host_class=ComfyHost, **overrides):
+    model, clip, vae = checkpoint
+    cfg = TrainConfig.from_dict({**BASE, **overrides})
+    with torch.inference_mode():  # as every ComfyUI node runs
+        return train_lora(cfg, dataset, host_class(model, clip, vae), out)
+
+
+def _same_weights(a, b) -> list[str]:
+    assert a.lora_tensors.keys() == b.lora_tensors.keys()
+    return [k for k in a.lora_tensors if not torch.equal(a.lora_tensors[k], b.lora_tensors[k])]
+
+
+# ---- sample previews -------------------------------------------------------------------------------------------
+def test_previews_do_not_change_the_trained_weights(tiny_checkpoint, style_dataset_dir, tmp_path):
+    dataset = load_dataset(style_dataset_dir)
+    plain = _train(tiny_checkpoint, dataset, tmp_path / "plain")
+    previewed = _train(
+        tiny_checkpoint, dataset, tmp_path / "previewed", sample_every=2, sample_steps=3, sample_prompts="a\nb"
+    )
+    assert not _same_weights(plain, previewed), "sampling previews changed the training run"
+    assert plain.loss_history == previewed.loss_history
+    names = sorted(p.name for p in (tmp_path / "previewed").glob("*.png"))
+    assert names == [f"real_sample_s{s:06d}_{i}.png" for s in (2, 4) for i in (0, 1)], names
+    with Image.open(tmp_path / "previewed" / names[0]) as image:
+        assert image.size == (64, 64)
+    assert not list((tmp_path / "plain").glob("*.png"))
+
+
+SHOWN: list = []  # (step, total, images, paths) per show_samples call of _RecordingHost
+
+
+class _RecordingHost(ComfyHost):
+    def show_samples(self, step, total, images, paths):
+        SHOWN.append((step, total, [im.copy() for im in images], paths))
+        super().show_samples(step, total, images, paths)
+
+
+def test_previews_sample_with_the_lora_attached(tiny_checkpoint, style_dataset_dir, tmp_path):
+    """A big learning rate moves the model: the last preview differs from the first, drawn with the same seed."""
+    SHOWN.clear()
+    _train(
+        tiny_checkpoint,
+        load_dataset(style_dataset_dir),
+        tmp_path,
+        host_class=_RecordingHost,
+        steps=6,
+        sample_every=1,
+        sample_steps=3,
+        learning_rate=5e-2,
+        trigger_word="redstyle",
+    )
+    steps = [s for s, *_ in SHOWN]
+    assert steps == [1, 2, 3, 4, 5, 6]
+    import numpy as np
+
+    first, last = (np.asarray(SHOWN[i][2][0], dtype=np.float32) for i in (0, -1))
+    assert np.abs(first - last).mean() > 1.0, "previews did not change while the LoRA trained"
+
+
+def test_train_lora_node_sends_preview_events_and_writes_the_files(comfy, style_dataset_dir):
+    import io
+
+    from lora_train.data import DatasetConfig
+    from lora_train.workflows import train_settings
+
+    workflow = {
+        "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny_sd15.safetensors"}},
+        "data": {
+            "class_type": "LoraTrain_LoadDataset",
+            "inputs": DatasetConfig(path=str(style_dataset_dir)).to_dict() | {"resolution": 64},
+        },
+        "train": {
+            "class_type": "LoraTrain_TrainLoRA",
+            "inputs": {
+                "model": ["ckpt", 0],
+                "clip": ["ckpt", 1],
+                "vae": ["ckpt", 2],
+                "dataset": ["data", 0],
+                **train_settings(steps=4, sample_every=3, sample_steps=2, output_name="previewed"),
+            },
+        },
+    }
+    result = comfy.run_workflow(workflow)
+    events = result.events_of("lora_train.train_sample")
+    assert [(e["node"], e["step"]) for e in events] == [("train", 3), ("train", 4)]
+    for event in events:
+        assert event["image"]["type"] == "temp"
+        with Image.open(io.BytesIO(comfy.view(event["image"]))) as image:
+            assert image.size == (64, 64)
+    saved = sorted(p.name for p in (comfy.models_dir / "loras").glob("previewed_sample_*.png"))
+    assert saved == ["previewed_sample_s000003_0.png", "previewed_sample_s000004_0.png"]
