@@ -5,8 +5,9 @@ import pytest
 import torch
 from PIL import Image
 
+from lora_train.captions import split_tags
 from lora_train.config import TrainConfig
-from lora_train.data import load_dataset
+from lora_train.data import dataset_from_images, load_dataset
 from lora_train.host.comfy_adapter import ComfyHost
 from lora_train.train import train_lora
 
@@ -116,3 +117,35 @@ def test_train_lora_node_sends_preview_events_and_writes_the_files(comfy, style_
             assert image.size == (64, 64)
     saved = sorted(p.name for p in (comfy.models_dir / "loras").glob("previewed_sample_*.png"))
     assert saved == ["previewed_sample_s000003_0.png", "previewed_sample_s000004_0.png"]
+
+
+# ---- shuffled captions -----------------------------------------------------------------------------------------
+class _TextRecordingHost(ComfyHost):
+    """The real host; records every caption the text encoder sees once training has started."""
+
+    def encode_examples(self, dataset, cfg):
+        examples = super().encode_examples(dataset, cfg)
+        self.encoded_in_training = []
+        return examples
+
+    def encode_text(self, text):
+        if hasattr(self, "encoded_in_training"):
+            self.encoded_in_training.append(text)
+        return super().encode_text(text)
+
+
+def test_shuffled_captions_are_encoded_every_step_with_the_trigger_first(tiny_checkpoint, tmp_path):
+    model, clip, vae = tiny_checkpoint
+    dataset = dataset_from_images(torch.rand(2, 64, 64, 3), ["red, round, shiny, small", "blue, square, dull, big"])
+    cfg = TrainConfig.from_dict(
+        {**BASE, "steps": 3, "shuffle_captions": True, "trigger_word": "mytrig", "keep_tokens": 1}
+    )
+    host = _TextRecordingHost(model, clip, vae)
+    with torch.inference_mode():
+        train_lora(cfg, dataset, host, tmp_path)
+    texts = host.encoded_in_training
+    assert len(texts) == 3 * 2, "shuffled captions must be encoded once per image per step"
+    tags = [split_tags(t) for t in texts]
+    assert all(t[0] == "mytrig" and t[1] in ("red", "blue") for t in tags), texts
+    assert all(sorted(t[2:]) in (["round", "shiny", "small"], ["big", "dull", "square"]) for t in tags), texts
+    assert len({tuple(t) for t in tags}) > 2, f"the tags were not shuffled: {texts}"
