@@ -78,7 +78,9 @@ class TrainingHost(Protocol):
     base_model_name: str
     architecture: str
 
-    def encode_examples(self, dataset: LoraDataset, cfg: TrainConfig) -> list[Example]: ...
+    def encode_examples(
+        self, dataset: LoraDataset, cfg: TrainConfig, cache_dir: Path | None = None
+    ) -> list[Example]: ...
     def session(self, cfg: TrainConfig) -> contextlib.AbstractContextManager[TrainingSession]: ...
     def check_cancel(self) -> None: ...
     def report(self, progress: Progress) -> None: ...
@@ -395,7 +397,12 @@ def train_lora(
     state_file = state_path(output_dir, cfg.output_name)
     resume_state = load_state(state_file) if cfg.resume and state_file.is_file() else None
     started = time.time()
-    examples = host.encode_examples(dataset, cfg)
+    if cfg.cache_latents_to_disk:
+        from lora_train.latent_cache import cache_folder
+
+        examples = host.encode_examples(dataset, cfg, cache_dir=cache_folder(output_dir))
+    else:
+        examples = host.encode_examples(dataset, cfg)
     generator = torch.Generator().manual_seed(cfg.seed)
     order = BatchOrder(examples, cfg.batch_size * dist.world_size, generator)
     steps = total_steps(cfg, order)

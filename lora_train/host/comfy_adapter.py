@@ -24,6 +24,7 @@ import torch
 from lora_train.captions import preview_prompts
 from lora_train.config import TrainConfig
 from lora_train.data import LoraDataset, assign_buckets
+from lora_train.latent_cache import LatentCache, image_digest, latent_key, tensors_identity
 from lora_train.train import Example, Progress, TrainingError
 
 log = logging.getLogger(__name__)
@@ -254,33 +255,54 @@ class ComfyHost:
         conds = base.extra_conds(device=torch.device("cpu"), noise=latents, width=width, height=height, **text_out)
         return {k: type(v)(v.cond.detach().clone()) if torch.is_tensor(v.cond) else v for k, v in conds.items()}
 
-    def encode_examples(self, dataset: LoraDataset, cfg: TrainConfig) -> list[Example]:
-        """VAE-encode every image once (at its bucket size) and text-encode every distinct caption once."""
+    def vae_identity(self) -> str:
+        """Fingerprint of the VAE's weights and dtype (part of the latent cache key)."""
+        stage = self.vae.first_stage_model
+        return tensors_identity(stage.state_dict().items(), f"{type(stage).__name__}:{self.vae.vae_dtype}")
+
+    def _raw_latents(self, item, index: int, bucket: tuple[int, int], cache: Any, vae_id: str) -> torch.Tensor:
+        """The VAE's latents of one image at its bucket size: from the disk cache, or encoded (and stored)."""
         import numpy as np
 
+        key = latent_key(image_digest(item), bucket, vae_id) if cache is not None else ""
+        cached = cache.get(key) if cache is not None else None
+        if cached is not None:
+            return cached
+        try:
+            image = item.load()
+        except Exception as exc:  # PIL raises many types for broken files
+            raise TrainingError(f"cannot read training image {item.path or index}: {exc}") from exc
+        pixels = torch.from_numpy(np.asarray(fit_to_bucket(image, bucket), dtype=np.float32) / 255.0)[None]
+        latents = self.vae.encode(pixels).float().cpu()
+        if cache is not None:
+            cache.put(key, latents)
+        return latents
+
+    def encode_examples(self, dataset: LoraDataset, cfg: TrainConfig, cache_dir: Path | None = None) -> list[Example]:
+        """VAE-encode every image once (at its bucket size; with `cache_dir`, once across runs) and text-encode
+        every distinct caption once."""
         texts: dict[str, dict[str, Any]] = {}
         examples = []
         buckets = assign_buckets(dataset.items, cfg.resolution)
         first = caption_with_trigger(dataset.items[0].caption, cfg.trigger_word) if dataset.items else ""
         self._preview_prompts = preview_prompts(cfg.sample_prompts, cfg.trigger_word, first)
         self._preview_conds = None
+        cache = LatentCache(cache_dir) if cache_dir is not None else None
         with torch.inference_mode():
+            vae_id = self.vae_identity() if cache is not None else ""
             if cfg.sample_every:  # before training loads the model: on a GPU, encoding later could evict it
                 self.preview_conditioning()
             for index, (item, bucket) in enumerate(zip(dataset.items, buckets, strict=True)):
-                try:
-                    image = item.load()
-                except Exception as exc:  # PIL raises many types for broken files
-                    raise TrainingError(f"cannot read training image {item.path or index}: {exc}") from exc
-                image = fit_to_bucket(image, bucket)
-                pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0)[None]
-                latents = self.model.model.process_latent_in(self.vae.encode(pixels)).float().cpu()
+                raw = self._raw_latents(item, index, bucket, cache, vae_id)
+                latents = self.model.model.process_latent_in(raw).float().cpu()
                 caption = caption_with_trigger(item.caption, cfg.trigger_word)
                 for text in (caption, ""):
                     if text not in texts:
                         texts[text] = self.encode_text(text)
                 self.check_cancel()
                 examples.append((latents, caption, item.repeats))
+        if cache is not None:
+            log.info("latent cache %s: %d reused, %d encoded", cache.folder, cache.hits, cache.misses)
         # Ordinary tensors (made outside inference mode, which every node runs in): autograd must save them.
         out = []
         with torch.inference_mode(False):

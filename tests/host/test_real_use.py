@@ -149,3 +149,47 @@ def test_shuffled_captions_are_encoded_every_step_with_the_trigger_first(tiny_ch
     assert all(t[0] == "mytrig" and t[1] in ("red", "blue") for t in tags), texts
     assert all(sorted(t[2:]) in (["round", "shiny", "small"], ["big", "dull", "square"]) for t in tags), texts
     assert len({tuple(t) for t in tags}) > 2, f"the tags were not shuffled: {texts}"
+
+
+# ---- encode once, cache across runs ------------------------------------------------------------------------------
+def _count_calls(monkeypatch, obj, name: str) -> list:
+    calls = []
+    original = getattr(obj, name)
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(obj, name, counted)
+    return calls
+
+
+def test_vae_and_text_encoder_run_once_per_item_and_the_disk_cache_skips_the_vae(
+    tiny_checkpoint, tmp_path, monkeypatch
+):
+    _, clip, vae = tiny_checkpoint
+    generator = torch.Generator().manual_seed(0)
+    dataset = dataset_from_images(torch.rand(4, 64, 64, 3, generator=generator), ["a, b", "a, b", "c", "c"])
+    vae_calls = _count_calls(monkeypatch, vae, "encode")
+    text_calls = _count_calls(monkeypatch, clip, "encode_from_tokens")
+
+    def run(out, **overrides):
+        vae_calls.clear(), text_calls.clear()
+        return _train(tiny_checkpoint, dataset, out, steps=5, **overrides)
+
+    in_memory = run(tmp_path / "memory")
+    assert len(vae_calls) == 4, "the VAE must encode each image once, not once per step"
+    assert len(text_calls) == 3, "the text encoder must encode each distinct caption (and the empty one) once"
+
+    first = run(tmp_path / "disk", cache_latents_to_disk=True)
+    assert len(vae_calls) == 4
+    entries = sorted((tmp_path / "disk" / ".lora_train_cache" / "latents").iterdir())
+    assert len(entries) == 4 and all(p.suffix == ".latent" for p in entries), entries
+
+    second = run(tmp_path / "disk", cache_latents_to_disk=True)
+    assert vae_calls == [], "a second run must reuse every cached latent"
+    assert not _same_weights(first, second) and not _same_weights(in_memory, first)
+
+    run(tmp_path / "disk", cache_latents_to_disk=True, resolution=128)  # another bucket: new entries
+    assert len(vae_calls) == 4
+    assert len(list((tmp_path / "disk" / ".lora_train_cache" / "latents").iterdir())) == 8
