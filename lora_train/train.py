@@ -8,6 +8,7 @@ predicts the raw model output, and receives progress. See DESIGN.md.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import math
 import time
@@ -237,6 +238,21 @@ def gradient_checkpointing(root: torch.nn.Module, enabled: bool) -> Iterator[int
     finally:
         for block in blocks:
             del block.forward  # back to the class's forward
+
+
+@contextlib.contextmanager
+def explain_write_errors(path: Path, saved: list[Path], state_file: Path) -> Iterator[None]:
+    """Turn a failed write of `path` (disk full, no permission) into a TrainingError that says what is kept."""
+    try:
+        yield
+    except OSError as exc:
+        reason = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+        kept = f"the last good save {saved[-1].name} is intact" if saved else "nothing was saved before"
+        resume = f"; {state_file.name} lets the next run resume" if state_file.is_file() else ""
+        raise TrainingError(
+            f"could not write {path.name} in {path.parent}: {reason}. Nothing half-written was left: {kept}{resume}. "
+            "Free space there (or pick another output folder) and queue the run again."
+        ) from exc
 
 
 # ---- the loop ------------------------------------------------------------------------------------------------
@@ -497,8 +513,9 @@ def train_lora(
                             window_start, window_steps = time.time(), 0
                     if cfg.save_steps and done % cfg.save_steps == 0 and done < steps:
                         path = output_dir / f"{cfg.output_name}_s{done:06d}.safetensors"
-                        save(path, lora_state_dict(run.adapter_sets), metadata(done))
-                        save_state(state_file, _snapshot(run, cfg, base_model))
+                        with explain_write_errors(path, saved, state_file):
+                            save(path, lora_state_dict(run.adapter_sets), metadata(done))
+                            save_state(state_file, _snapshot(run, cfg, base_model))
                         saved.append(path)
                         if dist.is_main:
                             prune_intermediate(output_dir, cfg.output_name, cfg.keep_last)
@@ -511,7 +528,8 @@ def train_lora(
 
     final_metadata = metadata(steps)
     lora_path = output_dir / f"{cfg.output_name}.safetensors"
-    save(lora_path, tensors, final_metadata)
+    with explain_write_errors(lora_path, saved, state_file):
+        save(lora_path, tensors, final_metadata)
     saved.append(lora_path)
     if dist.is_main:
         state_file.unlink(missing_ok=True)  # finished: the next run with this name starts fresh

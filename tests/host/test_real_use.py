@@ -240,3 +240,34 @@ def test_adafactor_trains(tiny_checkpoint, style_dataset_dir, tmp_path):
     result = _train(tiny_checkpoint, load_dataset(style_dataset_dir), tmp_path, optimizer="adafactor", steps=2)
     ups = [v for k, v in result.lora_tensors.items() if k.endswith("lora_up.weight")]
     assert ups and any(bool(v.abs().sum() > 0) for v in ups), "adafactor did not move the zero-initialised up weights"
+
+
+# ---- a full disk -----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("steps", [4, 2], ids=["intermediate save", "final save"])
+def test_a_full_disk_during_a_save_keeps_the_last_good_save_and_no_temp_files(
+    tiny_checkpoint, style_dataset_dir, tmp_path, monkeypatch, steps
+):
+    import errno
+
+    from safetensors.torch import load_file
+
+    import lora_train.lora_io
+    from lora_train.fsutil import atomic_write
+    from lora_train.train import TrainingError
+
+    written: list[bytes] = []
+
+    def fills_the_disk_on_the_second_save(path, data):
+        with atomic_write(path) as handle:
+            if written:
+                handle.write(data[: len(data) // 2])  # part of the file reached the disk, then the device filled up
+                raise OSError(errno.ENOSPC, "No space left on device")
+            handle.write(data)
+        written.append(data)
+
+    monkeypatch.setattr(lora_train.lora_io, "atomic_write_bytes", fills_the_disk_on_the_second_save)
+    with pytest.raises(TrainingError, match=r"could not write .*: the disk is full.* real_s000001\.safetensors is"):
+        _train(tiny_checkpoint, load_dataset(style_dataset_dir), tmp_path, steps=steps, save_steps=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["real.lora_state", "real_s000001.safetensors"]
+    assert (tmp_path / "real_s000001.safetensors").read_bytes() == written[0]
+    assert load_file(tmp_path / "real_s000001.safetensors")
