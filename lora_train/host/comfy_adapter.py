@@ -4,8 +4,10 @@ Host APIs used (all present in 0.3.75 and upstream ~0.38; optional ones are prob
 `comfy.model_management.load_models_gpu / throw_exception_if_processing_interrupted / soft_empty_cache`,
 `ModelPatcher.model / load_device / get_model_object("model_sampling") / clone`, `BaseModel.diffusion_model /
 model_config / process_latent_in / extra_conds / process_timestep / get_dtype / manual_cast_dtype`,
-`VAE.encode`, `CLIP.tokenize / encode_from_tokens`, `comfy.utils.unet_to_diffusers / ProgressBar`,
-`comfy.sd.load_lora_for_models`, `server.PromptServer.instance.send_sync`.
+`VAE.encode / decode / first_stage_model / vae_dtype`, `CLIP.tokenize / encode_from_tokens /
+encode_from_tokens_scheduled`, `comfy.sample.sample / prepare_noise / fix_empty_latent_channels` (previews),
+`comfy.utils.unet_to_diffusers / ProgressBar`, `comfy.sd.load_lora_for_models`, `folder_paths.get_temp_directory`,
+`server.PromptServer.instance.send_sync`.
 """
 
 from __future__ import annotations
