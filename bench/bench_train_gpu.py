@@ -33,23 +33,17 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-# SD1.5's UNet in ComfyUI's UNetModel arguments: attention at the first three levels, none at the fourth.
+from lora_train.host.tiny_models import TINY_SD15_UNET  # noqa: E402  (after the repo is importable)
+
+# SD1.5's UNet in ComfyUI's UNetModel arguments (the tiny one's, at full depth): attention at the first three
+# levels, none at the fourth; UNetModel pops transformer_depth_output from the end.
 FULL_SD15_UNET = {
-    "image_size": 32,
-    "in_channels": 4,
-    "out_channels": 4,
-    "model_channels": 320,
+    **TINY_SD15_UNET,
     "num_res_blocks": [2, 2, 2, 2],
     "channel_mult": [1, 2, 4, 4],
     "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
-    "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],  # UNetModel pops it from the end
+    "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
     "transformer_depth_middle": 1,
-    "context_dim": 768,
-    "num_heads": 8,
-    "num_head_channels": -1,
-    "use_spatial_transformer": True,
-    "use_linear_in_transformer": False,
-    "legacy": False,
 }
 # Settings per mode: (resolution px, batch, rank, steps default).
 FULL = {"resolution": 512, "batch": 4, "rank": 16}
@@ -70,7 +64,7 @@ def build_model(tiny: bool, device_is_cpu: bool):
     import torch
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
-    from lora_train.host.tiny_models import TINY_SD15_UNET, _init_
+    from lora_train.host.tiny_models import _init_
 
     config = TINY_SD15_UNET if tiny else FULL_SD15_UNET
     unet = UNetModel(**config, operations=comfy.ops.disable_weight_init)

@@ -88,26 +88,11 @@ def test_previews_sample_with_the_lora_attached(tiny_checkpoint, style_dataset_d
 def test_train_lora_node_sends_preview_events_and_writes_the_files(comfy, style_dataset_dir):
     import io
 
-    from lora_train.data import DatasetConfig
-    from lora_train.workflows import train_settings
+    from lora_train.workflows import train_and_sample
 
-    workflow = {
-        "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny_sd15.safetensors"}},
-        "data": {
-            "class_type": "LoraTrain_LoadDataset",
-            "inputs": DatasetConfig(path=str(style_dataset_dir)).to_dict() | {"resolution": 64},
-        },
-        "train": {
-            "class_type": "LoraTrain_TrainLoRA",
-            "inputs": {
-                "model": ["ckpt", 0],
-                "clip": ["ckpt", 1],
-                "vae": ["ckpt", 2],
-                "dataset": ["data", 0],
-                **train_settings(steps=4, sample_every=3, sample_steps=2, output_name="previewed"),
-            },
-        },
-    }
+    workflow = train_and_sample(
+        str(style_dataset_dir), steps=4, sample_every=3, sample_steps=2, output_name="previewed"
+    )
     result = comfy.run_workflow(workflow)
     events = result.events_of("lora_train.train_sample")
     assert [(e["node"], e["step"]) for e in events] == [("train", 3), ("train", 4)]
@@ -271,3 +256,30 @@ def test_a_full_disk_during_a_save_keeps_the_last_good_save_and_no_temp_files(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["real.lora_state", "real_s000001.safetensors"]
     assert (tmp_path / "real_s000001.safetensors").read_bytes() == written[0]
     assert load_file(tmp_path / "real_s000001.safetensors")
+
+
+def test_cli_runs_reuse_the_latent_cache_and_write_previews(host, tmp_path, tiny_models_dir, style_dataset_dir):
+    from lora_train.host.tiny_models import TINY_SD15_NAME
+    from tests.host.test_cli_train import run_cli, write_config
+
+    out = tmp_path / "out"
+    config = write_config(
+        tmp_path / "job.yaml",
+        train_data_dir=style_dataset_dir,
+        base_model=tiny_models_dir / "checkpoints" / TINY_SD15_NAME,
+        output_dir=out,
+        rank=4,
+        batch_size=2,
+        steps=2,
+        resolution=64,
+        output_name="cli",
+        cache_latents_to_disk="true",
+        sample_every=2,
+        sample_steps=2,
+    )
+    for _ in range(2):
+        done = run_cli(host, "train", "--config", config, "--comfyui", str(host.comfyui), "--cpu")
+        assert done.returncode == 0, done.stderr[-3000:]
+    log = (out / "cli.log").read_text()
+    assert "8 reused, 0 encoded" in log, log[-3000:]
+    assert (out / "cli_sample_s000002_0.png").is_file()
