@@ -8,6 +8,7 @@ predicts the raw model output, and receives progress. See DESIGN.md.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import math
 import time
@@ -18,11 +19,14 @@ from typing import Any, Protocol
 
 import torch
 
+from lora_train.captions import kept_tags, training_captions
+from lora_train.checkpointing import gradient_checkpointing
 from lora_train.config import TrainConfig
 from lora_train.data import LoraDataset
 from lora_train.distributed import SINGLE_PROCESS, Distributed
 from lora_train.losses import diffusion_batch, sample_noise, sample_timesteps, training_loss
 from lora_train.optim import make_optimizer, make_scheduler
+from lora_train.previews import sample_due, write_previews
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +80,9 @@ class TrainingHost(Protocol):
     base_model_name: str
     architecture: str
 
-    def encode_examples(self, dataset: LoraDataset, cfg: TrainConfig) -> list[Example]: ...
+    def encode_examples(
+        self, dataset: LoraDataset, cfg: TrainConfig, cache_dir: Path | None = None
+    ) -> list[Example]: ...
     def session(self, cfg: TrainConfig) -> contextlib.AbstractContextManager[TrainingSession]: ...
     def check_cancel(self) -> None: ...
     def report(self, progress: Progress) -> None: ...
@@ -204,25 +210,18 @@ def lora_state_dict(adapter_sets) -> dict[str, torch.Tensor]:
 
 
 @contextlib.contextmanager
-def gradient_checkpointing(root: torch.nn.Module, enabled: bool) -> Iterator[int]:
-    """Recompute each top-level block of `root` in backward (blocks = items of its ModuleLists)."""
-    blocks = (
-        [b for child in root.children() if isinstance(child, torch.nn.ModuleList) for b in child] if enabled else []
-    )
-    from torch.utils.checkpoint import checkpoint
-
-    for block in blocks:
-        original = block.forward
-
-        def wrapped(*args, _original=original, **kwargs):
-            return checkpoint(_original, *args, use_reentrant=False, **kwargs)
-
-        block.forward = wrapped
+def explain_write_errors(path: Path, saved: list[Path], state_file: Path) -> Iterator[None]:
+    """Turn a failed write of `path` (disk full, no permission) into a TrainingError that says what is kept."""
     try:
-        yield len(blocks)
-    finally:
-        for block in blocks:
-            del block.forward  # back to the class's forward
+        yield
+    except OSError as exc:
+        reason = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+        kept = f"the last good save {saved[-1].name} is intact" if saved else "nothing was saved before"
+        resume = f"; {state_file.name} lets the next run resume" if state_file.is_file() else ""
+        raise TrainingError(
+            f"could not write {path.name} in {path.parent}: {reason}. Nothing half-written was left: {kept}{resume}. "
+            "Free space there (or pick another output folder) and queue the run again."
+        ) from exc
 
 
 # ---- the loop ------------------------------------------------------------------------------------------------
@@ -311,6 +310,15 @@ def _restore(run: Run, state) -> None:
     run.history = [(int(s), float(v)) for s, v in state.history]
 
 
+def _batch_cond(cfg: TrainConfig, session: TrainingSession, picked: list, texts: list[str] | None, latents):
+    """The batch's conditioning: the cached embeddings, or `texts` encoded now (text-encoder training: with
+    gradients through its adapters; shuffled captions: frozen, under no_grad)."""
+    if texts is None:
+        return session.collate([example.empty_cond if drop else example.cond for example, drop in picked])
+    with contextlib.nullcontext() if cfg.train_text_encoder else torch.no_grad():
+        return session.encode_captions(texts, latents)
+
+
 def _optimizer_step(
     cfg: TrainConfig, run: Run, session: TrainingSession, examples: list[Example], dist: Distributed
 ) -> torch.Tensor:
@@ -325,6 +333,11 @@ def _optimizer_step(
     for _ in range(cfg.gradient_accumulation):
         indices = run.order.next()
         drop = (torch.rand(len(indices), generator=run.generator) < cfg.caption_dropout).tolist()
+        texts = None
+        if cfg.train_text_encoder or cfg.shuffle_captions:  # captions encoded per step, not from the cache
+            keep = kept_tags(cfg.keep_tokens, cfg.trigger_word)
+            captions = [examples[i].caption for i in indices]
+            texts = training_captions(captions, drop, run.generator, keep=keep, shuffle=cfg.shuffle_captions)
         global_latents = torch.stack([examples[i].latents for i in indices])
         noise = sample_noise(global_latents, run.generator, cfg.noise_offset)
         timesteps = sample_timesteps(len(indices), run.generator)
@@ -334,10 +347,7 @@ def _optimizer_step(
         share = dist.loss_weight(len(rows), len(indices))
         latents, noise, timesteps = global_latents[rows].to(device), noise[rows].to(device), timesteps[rows]
         picked = [(examples[indices[r]], drop[r]) for r in rows]
-        if cfg.train_text_encoder:  # encode now, through the text encoder's adapters
-            cond = session.encode_captions(["" if d else e.caption for e, d in picked], latents)
-        else:
-            cond = session.collate([e.empty_cond if d else e.cond for e, d in picked])
+        cond = _batch_cond(cfg, session, picked, None if texts is None else [texts[r] for r in rows], latents)
         batch = diffusion_batch(session.sampling, latents, noise, timesteps)
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             pred = session.predict(batch.model_input, batch.sigmas, batch.timesteps, cond, noise)
@@ -382,7 +392,12 @@ def train_lora(
     state_file = state_path(output_dir, cfg.output_name)
     resume_state = load_state(state_file) if cfg.resume and state_file.is_file() else None
     started = time.time()
-    examples = host.encode_examples(dataset, cfg)
+    if cfg.cache_latents_to_disk:
+        from lora_train.latent_cache import cache_folder
+
+        examples = host.encode_examples(dataset, cfg, cache_dir=cache_folder(output_dir))
+    else:
+        examples = host.encode_examples(dataset, cfg)
     generator = torch.Generator().manual_seed(cfg.seed)
     order = BatchOrder(examples, cfg.batch_size * dist.world_size, generator)
     steps = total_steps(cfg, order)
@@ -467,11 +482,14 @@ def train_lora(
                             window_start, window_steps = time.time(), 0
                     if cfg.save_steps and done % cfg.save_steps == 0 and done < steps:
                         path = output_dir / f"{cfg.output_name}_s{done:06d}.safetensors"
-                        save(path, lora_state_dict(run.adapter_sets), metadata(done))
-                        save_state(state_file, _snapshot(run, cfg, base_model))
+                        with explain_write_errors(path, saved, state_file):
+                            save(path, lora_state_dict(run.adapter_sets), metadata(done))
+                            save_state(state_file, _snapshot(run, cfg, base_model))
                         saved.append(path)
                         if dist.is_main:
                             prune_intermediate(output_dir, cfg.output_name, cfg.keep_last)
+                    if dist.is_main and sample_due(cfg.sample_every, done, steps):
+                        write_previews(session, host, run.adapter_sets, cfg, output_dir, done, steps)
             tensors = lora_state_dict(run.adapter_sets)
         finally:
             for adapter_set in run.adapter_sets:
@@ -479,7 +497,8 @@ def train_lora(
 
     final_metadata = metadata(steps)
     lora_path = output_dir / f"{cfg.output_name}.safetensors"
-    save(lora_path, tensors, final_metadata)
+    with explain_write_errors(lora_path, saved, state_file):
+        save(lora_path, tensors, final_metadata)
     saved.append(lora_path)
     if dist.is_main:
         state_file.unlink(missing_ok=True)  # finished: the next run with this name starts fresh

@@ -64,9 +64,9 @@ class ProgressHost:
         self.architecture = host.architecture
         self._bar: Any = None
 
-    def encode_examples(self, dataset: LoraDataset, cfg: TrainConfig) -> list:
+    def encode_examples(self, dataset: LoraDataset, cfg: TrainConfig, **options: Any) -> list:
         started = time.time()
-        examples = self.host.encode_examples(dataset, cfg)
+        examples = self.host.encode_examples(dataset, cfg, **options)
         log.info("encoded %d images and their captions in %.1fs", len(examples), time.time() - started)
         return examples
 

@@ -4,8 +4,10 @@ Host APIs used (all present in 0.3.75 and upstream ~0.38; optional ones are prob
 `comfy.model_management.load_models_gpu / throw_exception_if_processing_interrupted / soft_empty_cache`,
 `ModelPatcher.model / load_device / get_model_object("model_sampling") / clone`, `BaseModel.diffusion_model /
 model_config / process_latent_in / extra_conds / process_timestep / get_dtype / manual_cast_dtype`,
-`VAE.encode`, `CLIP.tokenize / encode_from_tokens`, `comfy.utils.unet_to_diffusers / ProgressBar`,
-`comfy.sd.load_lora_for_models`, `server.PromptServer.instance.send_sync`.
+`VAE.encode / decode / first_stage_model / vae_dtype`, `CLIP.tokenize / encode_from_tokens /
+encode_from_tokens_scheduled`, `comfy.sample.sample / prepare_noise / fix_empty_latent_channels` (previews),
+`comfy.utils.unet_to_diffusers / ProgressBar`, `comfy.sd.load_lora_for_models`, `folder_paths.get_temp_directory`,
+`server.PromptServer.instance.send_sync`.
 """
 
 from __future__ import annotations
@@ -13,14 +15,18 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from lora_train.captions import preview_prompts
 from lora_train.config import TrainConfig
 from lora_train.data import LoraDataset, assign_buckets
+from lora_train.latent_cache import LatentCache, image_digest, latent_key, tensors_identity
 from lora_train.train import Example, Progress, TrainingError
 
 log = logging.getLogger(__name__)
@@ -33,6 +39,8 @@ ARCHITECTURES = {
     "SD21UnclipH": "stable-diffusion-v2-768-v/lora",
 }
 PROGRESS_EVENT = "lora_train.train_progress"
+SAMPLE_EVENT = "lora_train.train_sample"
+PREVIEW_SAMPLER, PREVIEW_SCHEDULER, PREVIEW_MAX_SIZE = "euler", "normal", 512
 
 
 def model_family(model) -> str:
@@ -136,6 +144,34 @@ class ComfySession:
         first = conds[0]
         return {key: first[key].concat([c[key] for c in conds[1:]]).to(self.device) for key in first}
 
+    def sample_previews(self, cfg: TrainConfig) -> list:
+        """One image per preview prompt: ComfyUI's own sampler on this patcher (the adapters are forward hooks on
+        its modules, so it samples with the LoRA), then the VAE. The caller holds no_grad and the RNG streams."""
+        import comfy.sample
+
+        assert self.host is not None
+        positives, negative = self.host.preview_conditioning(fresh=self.text_model is not None)
+        size = cfg.resolution // 8
+        latent = comfy.sample.fix_empty_latent_channels(self.model, torch.zeros([1, 4, size, size]))
+        was_training = self.diffusion_model.training
+        self.diffusion_model.eval()
+        images = []
+        try:
+            for positive in positives:
+                # KSampler's own noise for this seed (it reseeds torch's global stream; the caller restores it), so
+                # a KSampler with the trained LoRA and seed sample_seed redraws the preview.
+                noise = comfy.sample.prepare_noise(latent, cfg.sample_seed)
+                samples = comfy.sample.sample(
+                    self.model, noise, cfg.sample_steps, cfg.sample_cfg, PREVIEW_SAMPLER, PREVIEW_SCHEDULER,
+                    positive, negative, latent, disable_pbar=True, seed=cfg.sample_seed,
+                )  # fmt: skip
+                images.append(_to_pil(self.host.vae.decode(samples)[0]))
+        finally:
+            self.diffusion_model.train(was_training)
+            # The sampler may have (re)loaded the model, which brings ComfyUI's inference-mode weights back.
+            _fresh_parameters(self.diffusion_model)
+        return images
+
     def predict(self, model_input, sigmas, timesteps, cond, noisy) -> torch.Tensor:
         """The raw diffusion-model output (eps, v or flow), as BaseModel would compute it before denoising."""
         base = self.model.model
@@ -151,6 +187,14 @@ class ComfySession:
         extra = {k: (v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in extra.items()}
         t = base.process_timestep(timesteps.float(), x=noisy, **extra)
         return base.diffusion_model(x, t, context=context, control=None, transformer_options={}, **extra)
+
+
+def _to_pil(pixels: torch.Tensor):
+    """[H, W, C] floats in 0..1 (VAE.decode's layout) as a PIL image."""
+    from PIL import Image
+
+    array = (pixels.detach().float().clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).cpu().numpy()
+    return Image.fromarray(array[..., :3])
 
 
 def _diffusers_names(base) -> dict[str, str]:
@@ -182,6 +226,8 @@ class ComfyHost:
         self.architecture = ARCHITECTURES[self.family]
         self.base_model_name = self.family
         self._progress_bar = None
+        self._preview_prompts: list[str] = []
+        self._preview_conds: tuple[list, list] | None = None
 
     # ---- encoding (once per image and caption) -------------------------------------------------------------
     def encode_text(self, text: str) -> dict[str, Any]:
@@ -190,34 +236,74 @@ class ComfyHost:
         cond = encoded.pop("cond")
         return {"cross_attn": cond, **encoded}
 
+    def encode_conditioning(self, text: str) -> list:
+        """CONDITIONING for ComfyUI's sampler (what CLIPTextEncode outputs)."""
+        return self.clip.encode_from_tokens_scheduled(self.clip.tokenize(text))
+
+    def preview_conditioning(self, *, fresh: bool = False) -> tuple[list, list]:
+        """(one CONDITIONING per preview prompt, the empty negative); encoded once, or now when `fresh` (the text
+        encoder is training: its adapters must be in the previews)."""
+        if fresh or self._preview_conds is None:
+            conds = ([self.encode_conditioning(p) for p in self._preview_prompts], self.encode_conditioning(""))
+            if fresh:
+                return conds
+            self._preview_conds = conds
+        return self._preview_conds
+
     def model_conds(self, text_out: dict[str, Any], latents: torch.Tensor) -> dict[str, Any]:
         base = self.model.model
         height, width = latents.shape[-2] * 8, latents.shape[-1] * 8
         conds = base.extra_conds(device=torch.device("cpu"), noise=latents, width=width, height=height, **text_out)
         return {k: type(v)(v.cond.detach().clone()) if torch.is_tensor(v.cond) else v for k, v in conds.items()}
 
-    def encode_examples(self, dataset: LoraDataset, cfg: TrainConfig) -> list[Example]:
-        """VAE-encode every image once (at its bucket size) and text-encode every distinct caption once."""
+    def vae_identity(self) -> str:
+        """Fingerprint of the VAE's weights and dtype (part of the latent cache key)."""
+        stage = self.vae.first_stage_model
+        return tensors_identity(stage.state_dict().items(), f"{type(stage).__name__}:{self.vae.vae_dtype}")
+
+    def _raw_latents(self, item, index: int, bucket: tuple[int, int], cache: Any, vae_id: str) -> torch.Tensor:
+        """The VAE's latents of one image at its bucket size: from the disk cache, or encoded (and stored)."""
         import numpy as np
 
+        key = latent_key(image_digest(item), bucket, vae_id) if cache is not None else ""
+        cached = cache.get(key) if cache is not None else None
+        if cached is not None:
+            return cached
+        try:
+            image = item.load()
+        except Exception as exc:  # PIL raises many types for broken files
+            raise TrainingError(f"cannot read training image {item.path or index}: {exc}") from exc
+        pixels = torch.from_numpy(np.asarray(fit_to_bucket(image, bucket), dtype=np.float32) / 255.0)[None]
+        latents = self.vae.encode(pixels).float().cpu()
+        if cache is not None:
+            cache.put(key, latents)
+        return latents
+
+    def encode_examples(self, dataset: LoraDataset, cfg: TrainConfig, cache_dir: Path | None = None) -> list[Example]:
+        """VAE-encode every image once (at its bucket size; with `cache_dir`, once across runs) and text-encode
+        every distinct caption once."""
         texts: dict[str, dict[str, Any]] = {}
         examples = []
         buckets = assign_buckets(dataset.items, cfg.resolution)
+        first = caption_with_trigger(dataset.items[0].caption, cfg.trigger_word) if dataset.items else ""
+        self._preview_prompts = preview_prompts(cfg.sample_prompts, cfg.trigger_word, first)
+        self._preview_conds = None
+        cache = LatentCache(cache_dir) if cache_dir is not None else None
         with torch.inference_mode():
+            vae_id = self.vae_identity() if cache is not None else ""
+            if cfg.sample_every:  # before training loads the model: on a GPU, encoding later could evict it
+                self.preview_conditioning()
             for index, (item, bucket) in enumerate(zip(dataset.items, buckets, strict=True)):
-                try:
-                    image = item.load()
-                except Exception as exc:  # PIL raises many types for broken files
-                    raise TrainingError(f"cannot read training image {item.path or index}: {exc}") from exc
-                image = fit_to_bucket(image, bucket)
-                pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0)[None]
-                latents = self.model.model.process_latent_in(self.vae.encode(pixels)).float().cpu()
+                raw = self._raw_latents(item, index, bucket, cache, vae_id)
+                latents = self.model.model.process_latent_in(raw).float().cpu()
                 caption = caption_with_trigger(item.caption, cfg.trigger_word)
                 for text in (caption, ""):
                     if text not in texts:
                         texts[text] = self.encode_text(text)
                 self.check_cancel()
                 examples.append((latents, caption, item.repeats))
+        if cache is not None:
+            log.info("latent cache %s: %d reused, %d encoded", cache.folder, cache.hits, cache.misses)
         # Ordinary tensors (made outside inference mode, which every node runs in): autograd must save them.
         out = []
         with torch.inference_mode(False):
@@ -239,7 +325,9 @@ class ComfyHost:
         if "force_full_load" in mm.load_models_gpu.__code__.co_varnames:
             kwargs["force_full_load"] = True
         text_model = self.clip.cond_stage_model if cfg.train_text_encoder else None
-        patchers = [self.model] + ([self.clip.patcher] if text_model is not None else [])
+        # Shuffled captions are encoded every step: the text encoder stays loaded next to the model.
+        encodes = cfg.train_text_encoder or cfg.shuffle_captions
+        patchers = [self.model] + ([self.clip.patcher] if encodes else [])
         mm.load_models_gpu(patchers, **kwargs)
         base = self.model.model
         frozen = [m for m in (base.diffusion_model, text_model) if m is not None]
@@ -274,12 +362,33 @@ class ComfyHost:
 
         mm.throw_exception_if_processing_interrupted()
 
-    def report(self, progress: Progress) -> None:
+    def _bar(self, total: int):
         import comfy.utils
 
         if self._progress_bar is None:
-            self._progress_bar = comfy.utils.ProgressBar(progress.total)
-        self._progress_bar.update_absolute(progress.step, progress.total)
+            self._progress_bar = comfy.utils.ProgressBar(total)
+        return self._progress_bar
+
+    def show_samples(self, step: int, total: int, images: list, paths: list) -> None:
+        """Show the newest preview on the node (progress preview) and tell the client where each one is."""
+        if not images:
+            return
+        self._bar(total).update_absolute(step, total, ("JPEG", images[-1], PREVIEW_MAX_SIZE))
+        if self.send_event is None:
+            return
+        import folder_paths
+
+        for image, path in zip(images, paths, strict=True):
+            # A copy in ComfyUI's temp folder: the client fetches it through /view?type=temp.
+            name = f"lora_train_{path.stem}_{uuid.uuid4().hex[:8]}.png"
+            temp = Path(folder_paths.get_temp_directory())
+            temp.mkdir(parents=True, exist_ok=True)
+            image.save(temp / name, compress_level=1)
+            data = {"node": self.node_id, "step": step, "image": {"filename": name, "subfolder": "", "type": "temp"}}
+            self.send_event(SAMPLE_EVENT, data)
+
+    def report(self, progress: Progress) -> None:
+        self._bar(progress.total).update_absolute(progress.step, progress.total)
         if self.send_event is not None:
             self.send_event(
                 PROGRESS_EVENT,
