@@ -26,7 +26,7 @@ from lora_train.data import LoraDataset
 from lora_train.distributed import SINGLE_PROCESS, Distributed
 from lora_train.losses import diffusion_batch, sample_noise, sample_timesteps, training_loss
 from lora_train.optim import make_optimizer, make_scheduler
-from lora_train.previews import sample_due, write_previews
+from lora_train.previews import sample_due, sample_path, write_previews
 
 log = logging.getLogger(__name__)
 
@@ -489,7 +489,9 @@ def train_lora(
                         if dist.is_main:
                             prune_intermediate(output_dir, cfg.output_name, cfg.keep_last)
                     if dist.is_main and sample_due(cfg.sample_every, done, steps):
-                        write_previews(session, host, run.adapter_sets, cfg, output_dir, done, steps)
+                        preview = sample_path(output_dir, cfg.output_name, done, 0)
+                        with explain_write_errors(preview, saved, state_file):
+                            write_previews(session, host, run.adapter_sets, cfg, output_dir, done, steps)
             tensors = lora_state_dict(run.adapter_sets)
         finally:
             for adapter_set in run.adapter_sets:
