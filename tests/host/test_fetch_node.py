@@ -68,13 +68,15 @@ def pixels(comfy, result, node: str) -> np.ndarray:
 
 def test_fetch_node_downloads_and_loraloader_uses_it(comfy):
     lora = tiny_sd15_lora()
+    loras = comfy.models_dir / "loras"
+    before = {p for p in loras.rglob("*") if p.is_file()}  # the shared server holds other tests' files
     with FaultServer() as server:
         url = server.add("/styles/tiny_style_v1.safetensors", Route(body=lora, drop_after=len(lora) // 2))
         log_before = len(comfy.log_text())
         result = comfy.run_workflow(workflow(url, hashlib.sha256(lora).hexdigest()))
     saved = comfy.models_dir / "loras" / "fetched" / "tiny_style_v1.safetensors"
     assert saved.read_bytes() == lora
-    assert [p.name for p in (comfy.models_dir / "loras").rglob("*") if p.is_file()] == [saved.name]
+    assert [p.name for p in loras.rglob("*") if p.is_file() and p not in before] == [saved.name], "partial left"
     assert result.outputs["2"]["lora_name"] == ["fetched/tiny_style_v1.safetensors"]
     new_log = comfy.log_text()[log_before:]
     assert "lora key not loaded" not in new_log, new_log[-3000:]
