@@ -283,3 +283,25 @@ def test_resume_state_from_another_base_model_is_refused(tiny_checkpoint, style_
     other.add_patches({patched: ("diff", (torch.full((320, 768), 0.01),))}, 1.0)
     with pytest.raises(ResumeError, match="another base model"), torch.inference_mode():
         train_lora(cfg, dataset, ComfyHost(other, clip, vae), tmp_path)
+
+
+def test_mixed_sizes_train_in_their_own_buckets_under_bf16_autocast(tiny_checkpoint, tmp_path):
+    from PIL import Image
+
+    from lora_train.synthetic import style_image
+
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for index, size in enumerate([(128, 128), (128, 128), (256, 128), (256, 128), (128, 256)]):
+        style_image(index, 64).resize(size, Image.NEAREST).save(folder / f"{index}.png")
+        (folder / f"{index}.txt").write_text("redstyle, a shape")
+    dataset = load_dataset(folder)
+    model, clip, vae = tiny_checkpoint
+    host = ComfyHost(model, clip, vae)
+    cfg = TrainConfig.from_dict({"resolution": 128, "batch_size": 2, "mixed_precision": "bf16"})
+    with torch.inference_mode():
+        shapes = sorted({tuple(e.latents.shape) for e in host.encode_examples(dataset, cfg)})
+    assert len(shapes) == 3, f"expected square, wide and tall buckets, got {shapes}"
+    result = _train(model, clip, vae, dataset, tmp_path / "out", resolution=128, mixed_precision="bf16", steps=4)
+    assert all(torch.isfinite(v).all() for v in result.lora_tensors.values())
+    assert all(v.dtype == torch.float32 for v in result.lora_tensors.values()), "adapter weights must stay fp32"
