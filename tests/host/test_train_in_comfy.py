@@ -285,7 +285,8 @@ def test_resume_state_from_another_base_model_is_refused(tiny_checkpoint, style_
         train_lora(cfg, dataset, ComfyHost(other, clip, vae), tmp_path)
 
 
-def test_mixed_sizes_train_in_their_own_buckets_under_bf16_autocast(tiny_checkpoint, tmp_path):
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])  # fp16 goes through the GradScaler
+def test_mixed_sizes_train_in_their_own_buckets_under_autocast(tiny_checkpoint, tmp_path, precision):
     from PIL import Image
 
     from lora_train.synthetic import style_image
@@ -298,10 +299,10 @@ def test_mixed_sizes_train_in_their_own_buckets_under_bf16_autocast(tiny_checkpo
     dataset = load_dataset(folder)
     model, clip, vae = tiny_checkpoint
     host = ComfyHost(model, clip, vae)
-    cfg = TrainConfig.from_dict({"resolution": 128, "batch_size": 2, "mixed_precision": "bf16"})
+    cfg = TrainConfig.from_dict({"resolution": 128, "batch_size": 2, "mixed_precision": precision})
     with torch.inference_mode():
         shapes = sorted({tuple(e.latents.shape) for e in host.encode_examples(dataset, cfg)})
     assert len(shapes) == 3, f"expected square, wide and tall buckets, got {shapes}"
-    result = _train(model, clip, vae, dataset, tmp_path / "out", resolution=128, mixed_precision="bf16", steps=4)
+    result = _train(model, clip, vae, dataset, tmp_path / "out", resolution=128, mixed_precision=precision, steps=4)
     assert all(torch.isfinite(v).all() for v in result.lora_tensors.values())
     assert all(v.dtype == torch.float32 for v in result.lora_tensors.values()), "adapter weights must stay fp32"
