@@ -177,6 +177,18 @@ def setup_host() -> Host:
     return Host(root)
 
 
+def setup_host_for_command(purpose: str) -> Host:
+    """`setup_host` for a command line: says what is happening; on failure prints the step and exits with 2."""
+    print(
+        f"setting up the pinned ComfyUI {COMFYUI_VERSION} host for {purpose} (first run: a few minutes)...", flush=True
+    )
+    try:
+        return setup_host()
+    except HostSetupError as exc:
+        print(exc, file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     command = args.pop(0) if args else "setup"

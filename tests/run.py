@@ -17,12 +17,7 @@ from lora_train import devhost  # noqa: E402
 
 
 def main() -> int:
-    print("setting up the ComfyUI test host (first run takes a few minutes)...", flush=True)
-    try:
-        host = devhost.setup_host()
-    except devhost.HostSetupError as exc:
-        print(exc, file=sys.stderr)
-        return 2
+    host = devhost.setup_host_for_command("the tests")
     args = sys.argv[1:] or ["tests"]
     code = subprocess.call([str(host.python), "-m", "pytest", *args], cwd=REPO_ROOT, env={**os.environ})
     if code == 5:

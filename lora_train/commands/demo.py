@@ -28,12 +28,7 @@ def register(subparsers) -> None:
 def _reexec_in_host(args: argparse.Namespace) -> int:
     from lora_train import devhost
 
-    print("setting up the pinned ComfyUI host (first run: a few minutes; then seconds)...", flush=True)
-    try:
-        host = devhost.setup_host()
-    except devhost.HostSetupError as exc:
-        print(exc, file=sys.stderr)
-        return 2
+    host = devhost.setup_host_for_command("the demo")
     argv = [
         str(host.python),
         "-m",
