@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
 DATASET_TYPE = "LORA_DATASET"
 
@@ -22,3 +23,10 @@ def save_temp_preview(img, prefix: str) -> dict[str, str]:
     name = f"{prefix}_{uuid.uuid4().hex[:12]}.png"
     img.save(f"{folder_paths.get_temp_directory()}/{name}", compress_level=1)
     return {"filename": name, "subfolder": "", "type": "temp"}
+
+
+def loras_dir() -> Path:
+    """ComfyUI's first loras folder (where trained and fetched LoRAs go)."""
+    import folder_paths
+
+    return Path(folder_paths.get_folder_paths("loras")[0])

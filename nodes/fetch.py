@@ -7,6 +7,8 @@ from pathlib import Path
 
 from lora_train.fetchconfig import FetchConfig
 
+from ._ui import loras_dir
+
 log = logging.getLogger(__name__)
 
 PROGRESS_EVENT = "lora_train.fetch_progress"
@@ -26,12 +28,6 @@ class _LoraNameType(str):
 
 
 LORA_NAME = _LoraNameType("*")
-
-
-def _loras_dir() -> Path:
-    import folder_paths
-
-    return Path(folder_paths.get_folder_paths("loras")[0])
 
 
 def _cache_dir() -> Path:
@@ -111,7 +107,7 @@ class FetchLoRA:
         from lora_train.fetch import fetch_lora
 
         cfg = FetchConfig.from_dict({"cache_dir": str(_cache_dir()), **widgets})
-        result = fetch_lora(cfg, _loras_dir(), progress=_NodeProgress(unique_id), cancel=_interrupted)
+        result = fetch_lora(cfg, loras_dir(), progress=_NodeProgress(unique_id), cancel=_interrupted)
         if model is not None or clip is not None:
             model, clip = _apply(result.path, model, clip, strength_model, strength_clip)
         ui = {"lora_name": [result.lora_name], "status": [result.status], "sha256": [result.sha256]}

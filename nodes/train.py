@@ -3,19 +3,12 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 from lora_train.config import TrainConfig
 
-from ._ui import DATASET_TYPE, save_temp_preview
+from ._ui import DATASET_TYPE, loras_dir, save_temp_preview
 
 log = logging.getLogger(__name__)
-
-
-def _loras_dir() -> Path:
-    import folder_paths
-
-    return Path(folder_paths.get_folder_paths("loras")[0])
 
 
 class TrainLoRA:
@@ -74,7 +67,7 @@ class TrainLoRA:
                 raise TrainingError("connect a dataset (Load LoRA Dataset) or images + captions to Train LoRA")
             dataset = dataset_from_images(images, captions.splitlines() or [""])
         host = ComfyHost(model, clip, vae, node_id=unique_id, send_event=send_event_to_client)
-        result = train_lora(cfg, dataset, host, _loras_dir())
+        result = train_lora(cfg, dataset, host, loras_dir())
         strength_clip = 1.0 if cfg.train_text_encoder else 0.0
         model_out, clip_out = apply_lora(model, clip, result.lora_tensors, 1.0, strength_clip)
         chart = save_temp_preview(loss_chart(result.loss_history), "lora_train_loss")
