@@ -13,6 +13,7 @@ SCHEDULER_CHOICES = ("constant", "linear", "cosine", "cosine_with_restarts")
 LOSS_CHOICES = ("mse", "l1", "huber", "smooth_l1")
 PRECISION_CHOICES = ("no", "bf16", "fp16")
 TARGET_CHOICES = ("attention", "attention_and_conv", "all_linear")
+TIMESTEP_CHOICES = ("auto", "uniform", "logit_normal")
 
 
 @dataclass
@@ -79,6 +80,26 @@ class TrainConfig(Settings):
         "Noise offset (per-channel constant added to the noise) for darker/brighter images; 0.05-0.1 typical.",
         min=0.0,
         max=1.0,
+    )
+    timestep_sampling: str = setting(
+        "auto",
+        "How training noise levels are drawn: auto = uniform timesteps for eps/v models (SD1/2/XL), logit-normal for "
+        "flow models (SD3, Flux; the SD3 paper's choice), through the model's own timestep shift.",
+        choices=TIMESTEP_CHOICES,
+        advanced=True,
+    )
+    logit_mean: float = setting(
+        0.0, "Mean of the logit-normal timestep distribution (flow models).", min=-10.0, max=10.0, advanced=True
+    )
+    logit_std: float = setting(
+        1.0, "Standard deviation of the logit-normal timestep distribution.", min=0.01, max=10.0, advanced=True
+    )
+    guidance: float = setting(
+        1.0,
+        "Flux dev's guidance input during training (kohya and ai-toolkit train at 1.0); ignored by other models.",
+        min=0.0,
+        max=100.0,
+        advanced=True,
     )
     # ---- data ---------------------------------------------------------------------------------------------
     resolution: int = setting(

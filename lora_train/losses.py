@@ -33,9 +33,50 @@ def _per_sample(sigmas: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return sigmas.reshape(-1, *([1] * (like.ndim - 1)))
 
 
-def sample_timesteps(batch: int, generator: torch.Generator, num_timesteps: int = 1000) -> torch.Tensor:
-    """Uniform integer timesteps in [0, num_timesteps), as float (the DDPM training distribution)."""
-    return torch.randint(0, num_timesteps, (batch,), generator=generator).float()
+TIMESTEP_DISTRIBUTIONS = ("auto", "uniform", "logit_normal")
+
+
+def is_flow(sampling) -> bool:
+    """True for flow-matching models (SD3, Flux, ...): their forward process interpolates latents and noise, so the
+    signal scale falls below 1 as sigma grows (eps/v models keep the latents whole and add scaled noise)."""
+    half = torch.full((1, 1), 0.5)
+    return float(sampling.noise_scaling(half, torch.zeros(1, 1), torch.ones(1, 1))) < 0.999
+
+
+def sample_sigmas(
+    sampling,
+    batch: int,
+    generator: torch.Generator,
+    distribution: str = "auto",
+    mean: float = 0.0,
+    std: float = 1.0,
+    num_timesteps: int = 1000,
+) -> torch.Tensor:
+    """Training noise levels drawn the way the model family trains, mapped through the model's own schedule.
+
+    - eps / v models, `uniform` (their `auto`): integer timesteps uniform in [0, 1000), sigma = `sampling.sigma(t)`
+      (the DDPM training distribution).
+    - flow models: a time u in (0, 1) is drawn, `logit_normal` (their `auto`: u = sigmoid(N(mean, std)), the
+      distribution SD3's paper recommends, mean 0 std 1) or `uniform`; then sigma = `percent_to_sigma(1 - u)`,
+      which applies the model's own timestep shift: SD3's `shift * u / (1 + (shift - 1) * u)` (shift 3.0) or
+      Flux's `e^mu / (e^mu + 1/u - 1)` (mu 1.15 for dev, shift 1 = none for schnell). A ModelSampling* node
+      placed before training changes that shift, as it does for sampling.
+    """
+    if distribution not in TIMESTEP_DISTRIBUTIONS:
+        choices = ", ".join(TIMESTEP_DISTRIBUTIONS)
+        raise ValueError(f"timestep distribution must be one of {choices}, got {distribution!r}")
+    flow = is_flow(sampling)
+    if distribution == "auto":
+        distribution = "logit_normal" if flow else "uniform"
+    if distribution == "uniform" and not flow:
+        timesteps = torch.randint(0, num_timesteps, (batch,), generator=generator).float()
+        return sampling.sigma(timesteps).float().cpu()
+    if distribution == "uniform":
+        u = torch.rand(batch, generator=generator)
+    else:
+        u = torch.sigmoid(mean + std * torch.randn(batch, generator=generator))
+    u = u.clamp(1e-5, 1.0 - 1e-5)  # both ends are degenerate (no noise, or pure noise where eps models blow up)
+    return torch.tensor([float(sampling.percent_to_sigma(1.0 - float(x))) for x in u], dtype=torch.float32)
 
 
 def sample_noise(latents: torch.Tensor, generator: torch.Generator, noise_offset: float = 0.0) -> torch.Tensor:
@@ -47,9 +88,9 @@ def sample_noise(latents: torch.Tensor, generator: torch.Generator, noise_offset
     return noise
 
 
-def diffusion_batch(sampling, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> DiffusionBatch:
-    """Noise `latents` at `timesteps` the way the host model's sampling does, and derive the target."""
-    sigmas = sampling.sigma(timesteps.to(latents.device)).to(latents)
+def diffusion_batch(sampling, latents: torch.Tensor, noise: torch.Tensor, sigmas: torch.Tensor) -> DiffusionBatch:
+    """Noise `latents` at noise levels `sigmas` the way the host model's sampling does, and derive the target."""
+    sigmas = sigmas.to(latents)
     sig = _per_sample(sigmas, latents)
     noisy = sampling.noise_scaling(sig, noise, latents)
     model_input = sampling.calculate_input(sig, noisy)

@@ -24,7 +24,7 @@ from lora_train.checkpointing import gradient_checkpointing
 from lora_train.config import TrainConfig
 from lora_train.data import LoraDataset
 from lora_train.distributed import SINGLE_PROCESS, Distributed
-from lora_train.losses import diffusion_batch, sample_noise, sample_timesteps, training_loss
+from lora_train.losses import diffusion_batch, sample_noise, sample_sigmas, training_loss
 from lora_train.optim import make_optimizer, make_scheduler
 from lora_train.previews import sample_due, sample_path, write_previews
 
@@ -44,6 +44,7 @@ class Example:
     empty_cond: Any = None  # the empty caption's conditioning, for caption dropout
     repeats: int = 1
     caption: str = ""  # as trained (trigger word included), for text-encoder training
+    size: dict[str, int] | None = None  # the host's size conditioning (SDXL: original size, crop, target)
 
 
 @dataclass
@@ -68,6 +69,7 @@ class TrainingSession(Protocol):
 
     def kohya_prefix(self, module_path: str) -> str: ...
     def fingerprint(self) -> str: ...
+    def file_tensors(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]: ...
     def collate(self, conds: list[Any]) -> Any: ...
     def predict(
         self, model_input: torch.Tensor, sigmas: torch.Tensor, timesteps: torch.Tensor, cond: Any, noisy: torch.Tensor
@@ -101,7 +103,16 @@ class TrainResult:
 
 
 # ---- targets -------------------------------------------------------------------------------------------------
-ATTENTION_CONTAINERS = ("SpatialTransformer", "SpatialVideoTransformer", "Transformer2DModel")
+# "attention" targets: every linear layer inside these blocks (kohya's defaults: UNet transformer blocks for
+# SD1/2/XL, the joint blocks of SD3's MMDiT, Flux's double- and single-stream blocks).
+ATTENTION_CONTAINERS = (
+    "SpatialTransformer",
+    "SpatialVideoTransformer",
+    "Transformer2DModel",
+    "JointBlock",
+    "DoubleStreamBlock",
+    "SingleStreamBlock",
+)
 CONV_CONTAINERS = ("ResBlock", "Downsample", "Upsample", "VideoResBlock")
 
 
@@ -316,7 +327,7 @@ def _batch_cond(cfg: TrainConfig, session: TrainingSession, picked: list, texts:
     if texts is None:
         return session.collate([example.empty_cond if drop else example.cond for example, drop in picked])
     with contextlib.nullcontext() if cfg.train_text_encoder else torch.no_grad():
-        return session.encode_captions(texts, latents)
+        return session.encode_captions(texts, latents, [example.size for example, _ in picked])
 
 
 def _optimizer_step(
@@ -340,15 +351,17 @@ def _optimizer_step(
             texts = training_captions(captions, drop, run.generator, keep=keep, shuffle=cfg.shuffle_captions)
         global_latents = torch.stack([examples[i].latents for i in indices])
         noise = sample_noise(global_latents, run.generator, cfg.noise_offset)
-        timesteps = sample_timesteps(len(indices), run.generator)
+        sigmas = sample_sigmas(
+            session.sampling, len(indices), run.generator, cfg.timestep_sampling, cfg.logit_mean, cfg.logit_std
+        )
         rows = dist.rows(len(indices))
         if not rows:  # a short last batch: this rank adds a zero gradient
             continue
         share = dist.loss_weight(len(rows), len(indices))
-        latents, noise, timesteps = global_latents[rows].to(device), noise[rows].to(device), timesteps[rows]
+        latents, noise, sigmas = global_latents[rows].to(device), noise[rows].to(device), sigmas[rows]
         picked = [(examples[indices[r]], drop[r]) for r in rows]
         cond = _batch_cond(cfg, session, picked, None if texts is None else [texts[r] for r in rows], latents)
-        batch = diffusion_batch(session.sampling, latents, noise, timesteps)
+        batch = diffusion_batch(session.sampling, latents, noise, sigmas)
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             pred = session.predict(batch.model_input, batch.sigmas, batch.timesteps, cond, noise)
         loss = training_loss(pred, batch, loss=cfg.loss, delta=cfg.huber_delta, min_snr_gamma=cfg.min_snr_gamma)
@@ -483,7 +496,7 @@ def train_lora(
                     if cfg.save_steps and done % cfg.save_steps == 0 and done < steps:
                         path = output_dir / f"{cfg.output_name}_s{done:06d}.safetensors"
                         with explain_write_errors(path, saved, state_file):
-                            save(path, lora_state_dict(run.adapter_sets), metadata(done))
+                            save(path, session.file_tensors(lora_state_dict(run.adapter_sets)), metadata(done))
                             save_state(state_file, _snapshot(run, cfg, base_model))
                         saved.append(path)
                         if dist.is_main:
@@ -492,7 +505,7 @@ def train_lora(
                         preview = sample_path(output_dir, cfg.output_name, done, 0)
                         with explain_write_errors(preview, saved, state_file):
                             write_previews(session, host, run.adapter_sets, cfg, output_dir, done, steps)
-            tensors = lora_state_dict(run.adapter_sets)
+            tensors = session.file_tensors(lora_state_dict(run.adapter_sets))
         finally:
             for adapter_set in run.adapter_sets:
                 adapter_set.detach()

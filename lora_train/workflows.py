@@ -55,46 +55,57 @@ def sample_nodes(prefix: str, model: list, clip: list, vae: list, seed: int = 7,
     }
 
 
-def train_and_sample(dataset_dir: str, **train_overrides) -> dict:
-    """Checkpoint -> Load LoRA Dataset -> Train LoRA -> sample; plus the same sample from the base model."""
+# (graph nodes, MODEL ref, CLIP ref, VAE ref) of a model loader; the default is the tiny SD1.5 checkpoint.
+Loaders = tuple[dict, list, list, list]
+
+
+def checkpoint_loader(ckpt_name: str = CKPT) -> Loaders:
+    nodes = {"ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt_name}}}
+    return nodes, ["ckpt", 0], ["ckpt", 1], ["ckpt", 2]
+
+
+def train_and_sample(dataset_dir: str, loaders: Loaders | None = None, **train_overrides) -> dict:
+    """Loaders -> Load LoRA Dataset -> Train LoRA -> sample; plus the same sample from the base model."""
     from lora_train.data import DatasetConfig
 
+    nodes, model, clip, vae = loaders or checkpoint_loader()
     dataset = DatasetConfig(path=dataset_dir, resolution=64).to_widgets()
     workflow = {
-        "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CKPT}},
+        **nodes,
         "data": {"class_type": "LoraTrain_LoadDataset", "inputs": dataset},
         "train": {
             "class_type": "LoraTrain_TrainLoRA",
             "inputs": {
-                "model": ["ckpt", 0],
-                "clip": ["ckpt", 1],
-                "vae": ["ckpt", 2],
+                "model": model,
+                "clip": clip,
+                "vae": vae,
                 "dataset": ["data", 0],
                 **train_settings(**train_overrides),
             },
         },
     }
-    workflow |= sample_nodes("after", ["train", 0], ["train", 1], ["ckpt", 2])
-    workflow |= sample_nodes("before", ["ckpt", 0], ["ckpt", 1], ["ckpt", 2])
+    workflow |= sample_nodes("after", ["train", 0], ["train", 1], vae)
+    workflow |= sample_nodes("before", model, clip, vae)
     return workflow
 
 
-def lora_loader_sample(lora_name: str, strength: float = 1.0) -> dict:
-    """Checkpoint -> LoraLoader(lora_name) -> the same sample as `train_and_sample`'s "after" branch."""
+def lora_loader_sample(lora_name: str, strength: float = 1.0, loaders: Loaders | None = None) -> dict:
+    """Loaders -> LoraLoader(lora_name) -> the same sample as `train_and_sample`'s "after" branch."""
+    nodes, model, clip, vae = loaders or checkpoint_loader()
     workflow = {
-        "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CKPT}},
+        **nodes,
         "lora": {
             "class_type": "LoraLoader",
             "inputs": {
-                "model": ["ckpt", 0],
-                "clip": ["ckpt", 1],
+                "model": model,
+                "clip": clip,
                 "lora_name": lora_name,
                 "strength_model": strength,
                 "strength_clip": strength,
             },
         },
     }
-    return workflow | sample_nodes("loader", ["lora", 0], ["lora", 1], ["ckpt", 2])
+    return workflow | sample_nodes("loader", ["lora", 0], ["lora", 1], vae)
 
 
 def smoke_workflow(seed: int = 1) -> dict:

@@ -42,7 +42,25 @@ class RunPaths(Settings):
     base_model: str = setting(
         "",
         "Checkpoint to train on: a file path, or a file name in ComfyUI's models/checkpoints (as the Load "
-        "Checkpoint node lists it).",
+        "Checkpoint node lists it). With text_encoders set: a diffusion-model-only file (models/diffusion_models, "
+        "as Load Diffusion Model lists it), as Flux and SD3 are released.",
+    )
+    text_encoders: str = setting(
+        "",
+        "For a diffusion-model-only base_model: its text encoder files, comma-separated paths or names in "
+        "models/text_encoders (Flux: clip_l, t5xxl; SD3: clip_l, clip_g, t5xxl). Empty = base_model is a checkpoint.",
+    )
+    clip_type: str = setting(
+        "",
+        "CLIP loader type of text_encoders, as ComfyUI's Load CLIP names it (flux, sd3, sdxl, stable_diffusion, ...); "
+        "empty = flux for two files, stable_diffusion for one, sd3 for three.",
+    )
+    vae: str = setting("", "For a diffusion-model-only base_model: its VAE file (path or name in models/vae).")
+    weight_dtype: str = setting(
+        "default",
+        "Storage dtype of a diffusion-model-only base_model, as Load Diffusion Model offers it (fp8_e4m3fn halves "
+        "Flux's memory; compute and adapters stay bf16/fp32).",
+        choices=("default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2"),
     )
     output_dir: str = setting(
         "",

@@ -124,23 +124,23 @@ def run_log(path: Path | None) -> Iterator[None]:
 
 
 # ---- inputs ----------------------------------------------------------------------------------------------
-def resolve_base_model(name: str) -> Path:
-    """A checkpoint path: `name` as a file, else a name in ComfyUI's models/checkpoints (needs ComfyUI imported)."""
+def resolve_base_model(name: str, folder: str = "checkpoints", setting: str = "base_model") -> Path:
+    """A model path: `name` as a file, else a name in ComfyUI's models/<folder> (needs ComfyUI imported)."""
     path = Path(name).expanduser()
     if path.is_file():
         return path
     import folder_paths
 
     for candidate in (name, f"{name}.safetensors"):
-        found = folder_paths.get_full_path("checkpoints", candidate)
+        found = folder_paths.get_full_path(folder, candidate)
         if found:
             return Path(found)
-    folders = ", ".join(folder_paths.get_folder_paths("checkpoints"))
-    known = folder_paths.get_filename_list("checkpoints")
+    folders = ", ".join(folder_paths.get_folder_paths(folder))
+    known = folder_paths.get_filename_list(folder)
     listed = ", ".join(known[:10]) + (" ..." if len(known) > 10 else "") if known else "none"
     raise ConfigError(
-        f"base_model {name!r} is neither a file nor a checkpoint in ComfyUI's models/checkpoints ({folders}); "
-        f"checkpoints there: {listed}"
+        f"{setting} {name!r} is neither a file nor a file in ComfyUI's models/{folder} ({folders}); "
+        f"files there: {listed}"
     )
 
 
@@ -186,6 +186,43 @@ def load_checkpoint(path: Path):
             embedding_directory=folder_paths.get_folder_paths("embeddings"),
         )
     return model, clip, vae
+
+
+CLIP_TYPE_BY_COUNT = {1: "stable_diffusion", 2: "flux", 3: "sd3"}
+
+
+def load_split_model(paths: RunPaths):
+    """(MODEL, CLIP, VAE) from separate files, as Load Diffusion Model + Load CLIP / DualCLIPLoader + Load VAE do."""
+    import comfy.sd
+    import comfy.utils
+    import folder_paths
+    import torch
+
+    unet = resolve_base_model(paths.base_model, "diffusion_models")
+    names = [n.strip() for n in paths.text_encoders.split(",") if n.strip()]
+    encoders = [str(resolve_base_model(n, "text_encoders", "text_encoders")) for n in names]
+    clip_type_name = paths.clip_type or CLIP_TYPE_BY_COUNT.get(len(encoders), "")
+    clip_type = getattr(comfy.sd.CLIPType, clip_type_name.upper(), None)
+    if clip_type is None:
+        known = ", ".join(t.name.lower() for t in comfy.sd.CLIPType)
+        raise ConfigError(f"clip_type {clip_type_name!r} is not a ComfyUI CLIP type; use one of: {known}")
+    if not paths.vae:
+        raise ConfigError("a diffusion-model-only base_model needs its vae: set vae to the VAE file")
+    vae_path = resolve_base_model(paths.vae, "vae", "vae")
+    options = {}
+    if paths.weight_dtype != "default":
+        options["dtype"] = {"fp8_e5m2": torch.float8_e5m2}.get(paths.weight_dtype, torch.float8_e4m3fn)
+        if paths.weight_dtype == "fp8_e4m3fn_fast":
+            options["fp8_optimizations"] = True
+    with torch.inference_mode():
+        model = comfy.sd.load_diffusion_model(str(unet), model_options=options)
+        clip = comfy.sd.load_clip(
+            ckpt_paths=encoders,
+            embedding_directory=folder_paths.get_folder_paths("embeddings"),
+            clip_type=clip_type,
+        )
+        vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(vae_path)))
+    return model, clip, vae, unet
 
 
 # ---- the command -----------------------------------------------------------------------------------------
@@ -263,9 +300,12 @@ def _train_logged(job: TrainJob, comfy_root: Path, output_dir: Path, dist: Distr
             cfg.gradient_accumulation,
             dist.world_size,
         )
-    checkpoint = resolve_base_model(job.paths.base_model)
     dataset = load_training_data(job.paths, cfg)
-    model, clip, vae = load_checkpoint(checkpoint)
+    if job.paths.text_encoders:
+        model, clip, vae, checkpoint = load_split_model(job.paths)
+    else:
+        checkpoint = resolve_base_model(job.paths.base_model)
+        model, clip, vae = load_checkpoint(checkpoint)
     host = ProgressHost(ComfyHost(model, clip, vae), show=dist.is_main)
     host.base_model_name = checkpoint.name  # kohya's ss_sd_model_name is the checkpoint's file name
     from tqdm.contrib.logging import logging_redirect_tqdm

@@ -31,13 +31,36 @@ from lora_train.train import Example, Progress, TrainingError
 
 log = logging.getLogger(__name__)
 
-# model_config class name -> modelspec architecture of the LoRA (families whose training is verified here).
-ARCHITECTURES = {
-    "SD15": "stable-diffusion-v1/lora",
-    "SD20": "stable-diffusion-v2-768-v/lora",
-    "SD21UnclipL": "stable-diffusion-v2-768-v/lora",
-    "SD21UnclipH": "stable-diffusion-v2-768-v/lora",
+
+
+@dataclass(frozen=True)
+class FamilySupport:
+    """How one model family (ComfyUI's model_config class) trains and how its LoRA files are named.
+
+    naming: `kohya_diffusers` = kohya's SD1/SD2 keys (`lora_unet_down_blocks_0_attentions_0_...`, diffusers block
+    names); `kohya_ldm` = `lora_unet_` + ComfyUI's own module path (kohya's SDXL keys with LDM block names, and
+    kohya's Flux keys with BFL names, `lora_unet_double_blocks_0_img_attn_qkv`); `diffusers` = diffusers' PEFT keys
+    (`transformer.transformer_blocks.0.attn.to_q.lora_A.weight`, fused qkv split into q/k/v), for SD3, whose kohya
+    keys diffusers cannot read.
+    """
+
+    architecture: str  # modelspec.architecture of the LoRA
+    naming: str
+    # T5-XXL families: captions are encoded once, before training, and the text encoders are never trained, so
+    # the 4.8 B-parameter encoder is never resident next to the diffusion model.
+    encode_once: bool = False
+
+
+FAMILIES: dict[str, FamilySupport] = {
+    "SD15": FamilySupport("stable-diffusion-v1/lora", "kohya_diffusers"),
+    "SD20": FamilySupport("stable-diffusion-v2-768-v/lora", "kohya_diffusers"),  # -512 when it predicts eps
+    "SDXL": FamilySupport("stable-diffusion-xl-v1-base/lora", "kohya_ldm"),
+    "SD3": FamilySupport("stable-diffusion-3/lora", "diffusers", encode_once=True),
+    "Flux": FamilySupport("flux-1-dev/lora", "kohya_ldm", encode_once=True),
+    "FluxSchnell": FamilySupport("flux-1-schnell/lora", "kohya_ldm", encode_once=True),
 }
+# kohya's text-encoder prefixes: te1 is CLIP-L, te2 OpenCLIP-G (SDXL); a single encoder is plain `lora_te_`.
+TEXT_ENCODER_ORDER = ("clip_l", "clip_g", "clip_h")
 PROGRESS_EVENT = "lora_train.train_progress"
 SAMPLE_EVENT = "lora_train.train_sample"
 PREVIEW_SAMPLER, PREVIEW_SCHEDULER, PREVIEW_MAX_SIZE = "euler", "normal", 512
@@ -49,6 +72,43 @@ def model_family(model) -> str:
     if base is None or not hasattr(base, "diffusion_model"):
         raise TrainingError("the MODEL input is not a diffusion model; connect a checkpoint or UNet loader's MODEL")
     return type(base.model_config).__name__
+
+
+def size_conditioning(original: tuple[int, int], bucket: tuple[int, int]) -> dict[str, int]:
+    """SDXL's micro-conditioning for an image of `original` (w, h) trained at `bucket`: its original size, the
+    top-left corner `fit_to_bucket` crops at (in resized pixels, as kohya records it) and the target size."""
+    (w, h), (bw, bh) = original, bucket
+    scale = max(bw / w, bh / h)
+    resized_w, resized_h = max(bw, round(w * scale)), max(bh, round(h * scale))
+    return {
+        "width": w,
+        "height": h,
+        "crop_w": (resized_w - bw) // 2,
+        "crop_h": (resized_h - bh) // 2,
+        "target_width": bw,
+        "target_height": bh,
+    }
+
+
+def _predicts_v(model) -> bool:
+    import comfy.model_sampling
+
+    return isinstance(model.get_model_object("model_sampling"), comfy.model_sampling.V_PREDICTION)
+
+
+def unload_from_device(patcher) -> bool:
+    """Take `patcher` (and its clones) out of ComfyUI's loaded models, back to its offload device."""
+    import comfy.model_management as mm
+
+    unloaded = False
+    for index in range(len(mm.current_loaded_models) - 1, -1, -1):
+        loaded = mm.current_loaded_models[index]
+        model = loaded.model
+        if model is not None and (model is patcher or model.is_clone(patcher)):
+            loaded.model_unload()
+            mm.current_loaded_models.pop(index)
+            unloaded = True
+    return unloaded
 
 
 def fit_to_bucket(image, size: tuple[int, int]):
@@ -101,10 +161,19 @@ class ComfySession:
     prefixes: dict[str, str] = field(default_factory=dict)
     host: ComfyHost | None = None
     text_model: torch.nn.Module | None = None  # the CLIP's cond_stage_model when the text encoder trains
+    # naming "diffusers": ComfyUI module path -> the diffusers modules holding its weight's rows
+    diffusers_pieces: dict[str, list[tuple[str, Any, Any]]] = field(default_factory=dict)
 
     def kohya_prefix(self, module_path: str) -> str:
         """kohya key prefix; diffusers-style block names (what kohya writes), LDM names where none exists."""
         return "lora_unet_" + self.prefixes.get(module_path, module_path).replace(".", "_")
+
+    def file_tensors(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The kohya tensors as this family's file stores them (see FamilySupport.naming)."""
+        if not self.diffusers_pieces:
+            return tensors
+        by_prefix = {self.kohya_prefix(path): pieces for path, pieces in self.diffusers_pieces.items()}
+        return to_diffusers_peft(tensors, by_prefix)
 
     def fingerprint(self) -> str:
         """Identifies the base model (family + a sample of its current weights) for resume checks."""
@@ -129,14 +198,20 @@ class ComfySession:
         """`clip_l.transformer.text_model.encoder.layers.0.self_attn.q_proj` -> `lora_te_text_model_..._q_proj`
         (`lora_te1_` / `lora_te2_` for clip_l / clip_g when a model has two text encoders, as kohya names SDXL)."""
         encoder, _, rest = module_path.partition(".transformer.")
-        encoders = sorted({p.split(".", 1)[0] for p in self.text_encoder_targets()})
+        rank = {name: i for i, name in enumerate(TEXT_ENCODER_ORDER)}
+        encoders = sorted({p.split(".", 1)[0] for p in self.text_encoder_targets()}, key=lambda e: rank.get(e, 99))
         prefix = "lora_te_" if len(encoders) < 2 else f"lora_te{encoders.index(encoder) + 1}_"
         return prefix + rest.replace(".", "_")
 
-    def encode_captions(self, captions: list[str], latents: torch.Tensor) -> dict[str, torch.Tensor]:
+    def encode_captions(
+        self, captions: list[str], latents: torch.Tensor, sizes: list[dict[str, int] | None]
+    ) -> dict[str, torch.Tensor]:
         """Encode captions now, with gradients through the text encoder's adapters (text-encoder training)."""
         assert self.host is not None
-        conds = [self.host.model_conds(self.host.encode_text(c), latents[i : i + 1]) for i, c in enumerate(captions)]
+        conds = [
+            self.host.model_conds(self.host.encode_text(c), latents[i : i + 1], sizes[i])
+            for i, c in enumerate(captions)
+        ]
         return self.collate(conds)
 
     def collate(self, conds: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
@@ -197,6 +272,56 @@ def _to_pil(pixels: torch.Tensor):
     return Image.fromarray(array[..., :3])
 
 
+def to_diffusers_peft(
+    tensors: dict[str, torch.Tensor], pieces: dict[str, list[tuple[str, Any, Any]]]
+) -> dict[str, torch.Tensor]:
+    """kohya LoRA tensors -> diffusers PEFT keys (`transformer.<module>.lora_A/lora_B.weight`, alpha/rank folded
+    into lora_B). A fused weight (SD3's qkv) becomes one LoRA per diffusers module, sharing lora_A, each with its
+    rows of lora_B (exact: the product of each pair is those rows of the fused update); `function` re-orders rows
+    as ComfyUI's key map does (SD3's last adaLN). Tensors that are not plain LoRA (LyCORIS types), or modules with
+    no diffusers name, stay in kohya naming, which ComfyUI loads too."""
+    prefixes = {key.split(".", 1)[0] for key in tensors}
+    plain = all(
+        key.split(".", 1)[1] in ("lora_down.weight", "lora_up.weight", "alpha") and key.split(".", 1)[0] in pieces
+        for key in tensors
+    )
+    if not plain:
+        log.warning("LoRA kept in kohya naming: diffusers keys exist only for plain LoRA on mapped modules")
+        return tensors
+    out: dict[str, torch.Tensor] = {}
+    for prefix in sorted(prefixes):
+        down, up = tensors[f"{prefix}.lora_down.weight"], tensors[f"{prefix}.lora_up.weight"]
+        alpha = tensors.get(f"{prefix}.alpha")
+        scale = float(alpha) / down.shape[0] if alpha is not None else 1.0
+        for name, offset, function in pieces[prefix]:
+            rows = up * scale
+            if offset is not None:
+                dim, start, size = offset
+                rows = rows.narrow(dim, start, size)
+            if function is not None:
+                rows = function(rows)
+            out[f"transformer.{name}.lora_A.weight"] = down.contiguous()
+            out[f"transformer.{name}.lora_B.weight"] = rows.contiguous()
+    return out
+
+
+def _diffusers_pieces(base) -> dict[str, list[tuple[str, Any, Any]]]:
+    """ComfyUI module path -> [(diffusers module path, (dim, start, size) rows or None, row function or None)] for
+    SD3's MMDiT, from ComfyUI's own key map (the one its LoRA loader reads diffusers files with)."""
+    import comfy.utils
+
+    mapping = comfy.utils.mmdit_to_diffusers(base.model_config.unet_config, output_prefix="")
+    pieces: dict[str, list[tuple[str, Any, Any]]] = {}
+    for diffusers_key, target in mapping.items():
+        if isinstance(target, str):
+            key, offset, function = target, None, None
+        else:
+            key, offset, function = target[0], target[1], target[2] if len(target) > 2 else None
+        if diffusers_key.endswith(".weight") and key.endswith(".weight"):
+            pieces.setdefault(key[: -len(".weight")], []).append((diffusers_key[: -len(".weight")], offset, function))
+    return pieces
+
+
 def _diffusers_names(base) -> dict[str, str]:
     """LDM module path -> diffusers module path for UNet models (kohya's naming for SD1/SD2/SDXL LoRAs)."""
     import comfy.utils
@@ -213,18 +338,22 @@ class ComfyHost:
 
     def __init__(self, model, clip, vae, *, node_id: str | None = None, send_event: Callable | None = None):
         self.family = model_family(model)
-        if self.family not in ARCHITECTURES:
+        if self.family not in FAMILIES:
             raise TrainingError(
-                f"ComfyUI detected this model as {self.family}; training it is not supported yet "
-                f"(supported: {', '.join(sorted(ARCHITECTURES))})"
+                f"ComfyUI detected this model as {self.family}; training LoRAs for it is not supported yet "
+                f"(supported: {', '.join(FAMILIES)}). Nothing was trained."
             )
+        self.support = FAMILIES[self.family]
         if vae is None or clip is None:
             raise TrainingError("Train LoRA needs the checkpoint's CLIP and VAE: connect both from the loader")
         self.model, self.clip, self.vae = model, clip, vae
         self.node_id = node_id
         self.send_event = send_event
-        self.architecture = ARCHITECTURES[self.family]
+        self.architecture = self.support.architecture
+        if self.family == "SD20" and not _predicts_v(model):
+            self.architecture = "stable-diffusion-v2-512/lora"
         self.base_model_name = self.family
+        self.guidance = 1.0
         self._progress_bar = None
         self._preview_prompts: list[str] = []
         self._preview_conds: tuple[list, list] | None = None
@@ -250,10 +379,15 @@ class ComfyHost:
             self._preview_conds = conds
         return self._preview_conds
 
-    def model_conds(self, text_out: dict[str, Any], latents: torch.Tensor) -> dict[str, Any]:
+    def model_conds(
+        self, text_out: dict[str, Any], latents: torch.Tensor, size: dict[str, int] | None = None
+    ) -> dict[str, Any]:
+        """The model's own conditioning (BaseModel.extra_conds) for one example: text, pooled vectors, SDXL's size
+        conditioning (`size`, else the latents' pixel size), Flux's guidance input."""
         base = self.model.model
-        height, width = latents.shape[-2] * 8, latents.shape[-1] * 8
-        conds = base.extra_conds(device=torch.device("cpu"), noise=latents, width=width, height=height, **text_out)
+        size = size or {"width": latents.shape[-1] * 8, "height": latents.shape[-2] * 8}
+        extra = {"guidance": self.guidance, **size, **text_out}
+        conds = base.extra_conds(device=torch.device("cpu"), noise=latents, **extra)
         return {k: type(v)(v.cond.detach().clone()) if torch.is_tensor(v.cond) else v for k, v in conds.items()}
 
     def vae_identity(self) -> str:
@@ -279,9 +413,20 @@ class ComfyHost:
             cache.put(key, latents)
         return latents
 
+    def check_config(self, cfg: TrainConfig) -> None:
+        """Settings this family cannot train with, refused before any work starts."""
+        if self.support.encode_once and (cfg.train_text_encoder or cfg.shuffle_captions):
+            setting = "train_text_encoder" if cfg.train_text_encoder else "shuffle_captions"
+            raise TrainingError(
+                f"{setting} is not available for {self.family}: its captions are encoded once before training so "
+                "that its large text encoder (T5-XXL) is not kept in memory next to the model. Turn it off."
+            )
+
     def encode_examples(self, dataset: LoraDataset, cfg: TrainConfig, cache_dir: Path | None = None) -> list[Example]:
         """VAE-encode every image once (at its bucket size; with `cache_dir`, once across runs) and text-encode
         every distinct caption once."""
+        self.check_config(cfg)
+        self.guidance = cfg.guidance
         texts: dict[str, dict[str, Any]] = {}
         examples = []
         buckets = assign_buckets(dataset.items, cfg.resolution)
@@ -301,16 +446,17 @@ class ComfyHost:
                     if text not in texts:
                         texts[text] = self.encode_text(text)
                 self.check_cancel()
-                examples.append((latents, caption, item.repeats))
+                original = (item.width, item.height) if item.width > 0 and item.height > 0 else bucket
+                examples.append((latents, caption, item.repeats, size_conditioning(original, bucket)))
         if cache is not None:
             log.info("latent cache %s: %d reused, %d encoded", cache.folder, cache.hits, cache.misses)
         # Ordinary tensors (made outside inference mode, which every node runs in): autograd must save them.
         out = []
         with torch.inference_mode(False):
-            for latents, caption, repeats in examples:
+            for latents, caption, repeats, size in examples:
                 latents = latents.clone()
-                conds = self.model_conds(texts[caption], latents), self.model_conds(texts[""], latents)
-                out.append(Example(latents[0], *conds, repeats=repeats, caption=caption))
+                conds = self.model_conds(texts[caption], latents, size), self.model_conds(texts[""], latents, size)
+                out.append(Example(latents[0], *conds, repeats=repeats, caption=caption, size=size))
         return out
 
     # ---- the training session -------------------------------------------------------------------------------
@@ -328,6 +474,8 @@ class ComfyHost:
         # Shuffled captions are encoded every step: the text encoder stays loaded next to the model.
         encodes = cfg.train_text_encoder or cfg.shuffle_captions
         patchers = [self.model] + ([self.clip.patcher] if encodes else [])
+        if not encodes:  # captions are cached: the text encoders leave the device before the model trains
+            unload_from_device(self.clip.patcher)
         mm.load_models_gpu(patchers, **kwargs)
         base = self.model.model
         frozen = [m for m in (base.diffusion_model, text_model) if m is not None]
@@ -343,9 +491,10 @@ class ComfyHost:
                     self.model.get_model_object("model_sampling"),
                     self.model.load_device,
                     base.get_dtype(),
-                    _diffusers_names(base),
+                    _diffusers_names(base) if self.support.naming == "kohya_diffusers" else {},
                     host=self,
                     text_model=text_model,
+                    diffusers_pieces=_diffusers_pieces(base) if self.support.naming == "diffusers" else {},
                 )
         finally:
             for module, was_training, requires_grad in states:
