@@ -21,6 +21,20 @@ def checkpoint_units(root: torch.nn.Module) -> list[torch.nn.Module]:
     return units
 
 
+def _on_copies(function):
+    """`function` run on copies of its tensor arguments, made inside the checkpointed region (so not kept): blocks
+    that add into their inputs in place (Flux's `img += ...`) would otherwise change the inputs that backward
+    recomputes from (and whether they require grad)."""
+
+    def copy(value):
+        return value.clone() if torch.is_tensor(value) else value
+
+    def run(*args, **kwargs):
+        return function(*map(copy, args), **{k: copy(v) for k, v in kwargs.items()})
+
+    return run
+
+
 @contextlib.contextmanager
 def gradient_checkpointing(root: torch.nn.Module, enabled: bool) -> Iterator[int]:
     """Recompute each of `root`'s `checkpoint_units` in backward instead of keeping its activations."""
@@ -31,7 +45,7 @@ def gradient_checkpointing(root: torch.nn.Module, enabled: bool) -> Iterator[int
         original = block.forward
 
         def wrapped(*args, _original=original, **kwargs):
-            return checkpoint(_original, *args, use_reentrant=False, **kwargs)
+            return checkpoint(_on_copies(_original), *args, use_reentrant=False, **kwargs)
 
         block.forward = wrapped
     try:

@@ -32,7 +32,6 @@ from lora_train.train import Example, Progress, TrainingError
 log = logging.getLogger(__name__)
 
 
-
 @dataclass(frozen=True)
 class FamilySupport:
     """How one model family (ComfyUI's model_config class) trains and how its LoRA files are named.
@@ -128,6 +127,30 @@ def caption_with_trigger(caption: str, trigger: str) -> str:
     if not trigger or caption.lower().startswith(trigger.lower()):
         return caption or trigger
     return f"{trigger}, {caption}" if caption else trigger
+
+
+# Blocks whose forward adds to its input in place (`img += ...`: ComfyUI's Flux double/single-stream blocks) after a
+# LayerNorm saved that input for backward: in fp32 (no autocast copy in between) backward then fails with "modified
+# by an inplace operation".
+INPLACE_RESIDUAL_BLOCKS = ("DoubleStreamBlock", "SingleStreamBlock")
+
+
+def _clone_input(_module: torch.nn.Module, args: tuple) -> tuple | None:
+    if args and torch.is_tensor(args[0]) and torch.is_grad_enabled():
+        return (args[0].clone(), *args[1:])
+    return None
+
+
+def _protect_inplace_residuals(root: torch.nn.Module) -> list:
+    """Give every LayerNorm inside an in-place residual block its own copy of its input while grad is on (one
+    activation per norm); the hooks are removed after training. Returns the hook handles."""
+    handles = []
+    for block in root.modules():
+        if type(block).__name__ in INPLACE_RESIDUAL_BLOCKS:
+            for module in block.modules():
+                if isinstance(module, torch.nn.LayerNorm):
+                    handles.append(module.register_forward_pre_hook(_clone_input))
+    return handles
 
 
 def _fresh_parameters(module: torch.nn.Module) -> int:
@@ -480,6 +503,7 @@ class ComfyHost:
         base = self.model.model
         frozen = [m for m in (base.diffusion_model, text_model) if m is not None]
         states = [(m, m.training, {n: p.requires_grad for n, p in m.named_parameters()}) for m in frozen]
+        norm_hooks = _protect_inplace_residuals(base.diffusion_model)
         try:
             with torch.inference_mode(False), torch.enable_grad():
                 for module in frozen:
@@ -497,6 +521,8 @@ class ComfyHost:
                     diffusers_pieces=_diffusers_pieces(base) if self.support.naming == "diffusers" else {},
                 )
         finally:
+            for hook in norm_hooks:
+                hook.remove()
             for module, was_training, requires_grad in states:
                 for name, p in module.named_parameters():
                     p.grad = None

@@ -49,3 +49,46 @@ def test_checkpointing_an_iterated_model_saves_less_and_gives_the_same_gradients
     assert checkpointed_bytes < plain_bytes
     assert all(torch.equal(a, b) for a, b in zip(plain_grads, grads, strict=True))
     assert all("forward" not in vars(m) for m in model.modules()), "the wrappers must be removed afterwards"
+
+
+class _Residual(nn.Module):
+    """Like ComfyUI's Flux blocks when `inplace`: the block adds into its own input (`img += f(img)`)."""
+
+    def __init__(self, inplace: bool):
+        super().__init__()
+        self.f = nn.Linear(16, 16)
+        self.inplace = inplace
+
+    def forward(self, x):
+        if self.inplace:
+            x += self.f(x).tanh()
+            return x
+        return x + self.f(x).tanh()
+
+
+class _ResidualBlocks(nn.Module):
+    def __init__(self, inplace: bool):
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Linear(16, 16)
+        self.blocks = nn.ModuleList([_Residual(inplace), _Residual(inplace)])
+        self.head = nn.Linear(16, 1)
+
+    def forward(self, x):
+        x = self.stem(x)
+        for block in self.blocks:
+            x = block(x)
+        return self.head(x)
+
+
+def _grads(model, checkpointed: bool) -> list[torch.Tensor]:
+    x = torch.randn(64, 16, generator=torch.Generator().manual_seed(1))
+    with gradient_checkpointing(model, checkpointed):
+        model(x).sum().backward()
+    return [p.grad for p in model.parameters()]
+
+
+def test_blocks_that_add_into_their_input_in_place_checkpoint_to_the_true_gradients():
+    reference = _grads(_ResidualBlocks(inplace=False), checkpointed=False)
+    grads = _grads(_ResidualBlocks(inplace=True), checkpointed=True)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(reference, grads, strict=True))
