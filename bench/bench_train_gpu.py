@@ -56,6 +56,22 @@ PEERS = {
 SEED, LR, TOKENS = 0, 1e-4, 77
 
 
+def bench_settings(sizes: dict, **settings) -> dict:
+    """TrainConfig values of a bench run: the mode's sizes, bf16, a loss read every step."""
+    return {
+        "rank": sizes["rank"],
+        "alpha": sizes["rank"],
+        "batch_size": sizes["batch"],
+        "resolution": sizes["resolution"],
+        "learning_rate": LR,
+        "seed": SEED,
+        "mixed_precision": "bf16",
+        "log_every": 1,
+        "output_name": "bench",
+        **settings,
+    }
+
+
 # ---- the model ---------------------------------------------------------------------------------------------------
 def build_model(tiny: bool, device_is_cpu: bool):
     """A ModelPatcher of a seeded random SD1.5-shaped UNet, through ComfyUI's UNet loader path (bf16 weights)."""
@@ -136,18 +152,7 @@ def worker_ours(settings: dict, sizes: dict, steps: int, warmup: int) -> dict:
             self.stamps.append((progress.step, time.perf_counter()))
 
     dataset = dataset_from_images(torch.zeros(1, 8, 8, 3), ["bench"])
-    values = {
-        "rank": sizes["rank"],
-        "alpha": sizes["rank"],
-        "batch_size": sizes["batch"],
-        "resolution": sizes["resolution"],
-        "learning_rate": LR,
-        "seed": SEED,
-        "mixed_precision": "bf16",
-        "log_every": 1,
-        "output_name": "bench",
-        **settings,
-    }
+    values = bench_settings(sizes, **settings)
     sentinel = object()  # ComfyHost wants a CLIP and a VAE; BenchHost never uses them
     with tempfile.TemporaryDirectory() as out, torch.inference_mode():
         one_step = TrainConfig.from_dict(values | {"steps": 1})

@@ -497,8 +497,9 @@ class ComfyHost:
         # Shuffled captions are encoded every step: the text encoder stays loaded next to the model.
         encodes = cfg.train_text_encoder or cfg.shuffle_captions
         patchers = [self.model] + ([self.clip.patcher] if encodes else [])
-        if not encodes:  # captions are cached: the text encoders leave the device before the model trains
-            unload_from_device(self.clip.patcher)
+        text_patcher = getattr(self.clip, "patcher", None)
+        if not encodes and text_patcher is not None:  # captions are cached: the text encoders leave the device
+            unload_from_device(text_patcher)
         mm.load_models_gpu(patchers, **kwargs)
         base = self.model.model
         frozen = [m for m in (base.diffusion_model, text_model) if m is not None]

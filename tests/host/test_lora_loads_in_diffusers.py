@@ -71,3 +71,79 @@ def test_trained_lora_loads_in_diffusers_with_no_leftover_keys(tiny_checkpoint, 
 
     lora_layers = [name for name, module in unet.named_modules() if isinstance(module, LoraLayer)]
     assert len(lora_layers) == len(modules_in_file), (len(lora_layers), len(modules_in_file))
+
+
+# ---- SD3 (diffusers PEFT keys) and Flux (kohya keys with BFL names) -------------------------------------------
+def _tiny_diffusers_transformer(family: str):
+    """diffusers' transformer with the tiny family model's layout (lora_train.host.tiny_models)."""
+    if family == "sd3":  # MMDiT depth 2: hidden 128, 2 heads of 64, T5-width context, CLIP-L+G pooled width
+        from diffusers import SD3Transformer2DModel
+
+        return SD3Transformer2DModel(
+            sample_size=32,
+            patch_size=2,
+            in_channels=16,
+            num_layers=2,
+            attention_head_dim=64,
+            num_attention_heads=2,
+            joint_attention_dim=4096,
+            caption_projection_dim=128,
+            pooled_projection_dim=2048,
+            out_channels=16,
+            pos_embed_max_size=64,
+        )
+    from diffusers import FluxTransformer2DModel  # one double block, CLIP-L-width text input
+
+    return FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=64,
+        num_layers=1,
+        num_single_layers=0,
+        attention_head_dim=128,
+        num_attention_heads=24,
+        joint_attention_dim=768,
+        pooled_projection_dim=768,
+        guidance_embeds=True,
+        axes_dims_rope=(16, 56, 56),
+    )
+
+
+@pytest.mark.parametrize("family", ["sd3", pytest.param("flux_dev", marks=pytest.mark.slow)])
+def test_flow_family_loras_load_in_diffusers_into_every_layer(comfy_lib, style_dataset_dir, tmp_path, family):
+    from diffusers import FluxPipeline, StableDiffusion3Pipeline
+    from peft.tuners.lora import LoraLayer
+
+    from lora_train import devhost
+    from lora_train.host.tiny_models import write_tiny
+
+    models = devhost.cache_dir() / "models"
+    model, clip, vae = write_tiny(family, models).load(models)
+    cfg = TrainConfig.from_dict(
+        {"rank": 4, "alpha": 2, "steps": 1, "batch_size": 1, "resolution": 64, "output_name": family}
+    )
+    with torch.inference_mode():
+        result = train_lora(cfg, load_dataset(style_dataset_dir), ComfyHost(model, clip, vae), tmp_path)
+    tensors, _ = load_lora(result.lora_path)
+
+    messages: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logging.getLogger("diffusers").addHandler(handler)
+    try:
+        transformer = _tiny_diffusers_transformer(family)
+        if family == "sd3":
+            state_dict = StableDiffusion3Pipeline.lora_state_dict(dict(tensors))
+            StableDiffusion3Pipeline.load_lora_into_transformer(state_dict, transformer=transformer, adapter_name="o")
+        else:
+            state_dict, alphas = FluxPipeline.lora_state_dict(dict(tensors), return_alphas=True)
+            FluxPipeline.load_lora_into_transformer(state_dict, alphas, transformer=transformer, adapter_name="o")
+    finally:
+        logging.getLogger("diffusers").removeHandler(handler)
+    assert state_dict and all(k.startswith("transformer.") for k in state_dict), "not converted to diffusers keys"
+    leftovers = [m for m in messages if "unexpected" in m.lower() or "not found" in m.lower()]
+    assert not leftovers, leftovers
+    loaded = {name for name, module in transformer.named_modules() if isinstance(module, LoraLayer)}
+    expected = {k[len("transformer.") : -len(".lora_A.weight")] for k in state_dict if k.endswith(".lora_A.weight")}
+    assert loaded == expected, sorted(loaded ^ expected)[:5]
+    if family == "sd3":  # the fused qkv of each joint block became q, k and v
+        assert {"transformer_blocks.0.attn.to_q", "transformer_blocks.0.attn.to_k"} <= loaded

@@ -1,0 +1,341 @@
+"""GPU memory bench of the big families: SDXL and Flux dev (fp8 base weights) LoRA training at 1024 px, our core.
+
+What it measures, per case, each in its own process (clean peak memory): peak VRAM of a whole training run
+(torch.cuda.max_memory_allocated, and max_memory_reserved beside it, in GiB; model load, adapters, AdamW state and
+activations included), the median seconds per step after `--warmup` steps, the stored weight dtype of the base
+model while it trains, and the adapters' dtype. Targets (a 12 GB / 24 GB card holds 12 / 24 GiB): SDXL LoRA
+<= 12 GiB, Flux LoRA with an fp8 base <= 24 GiB.
+
+- `sdxl`: a full-size SDXL UNet (ComfyUI's SDXL unet_config: model_channels 320, channel_mult 1,2,4, transformer
+  depths 0,0,2,2,10,10, middle 10, context 2048, adm 2816; 2.57 B parameters), bf16 weights.
+- `flux_fp8`: a full-size Flux dev (hidden 3072, 19 double + 38 single blocks, context 4096, vec 768, guidance
+  embedding; 11.9 B parameters) stored as float8_e4m3fn, as UNETLoader's weight_dtype fp8_e4m3fn loads it
+  (`model_options={"dtype": torch.float8_e4m3fn}`): ComfyUI keeps the fp8 weights and casts each layer to bf16
+  as it runs. `flux_bf16` (not run by default) is the same model with bf16 weights, for comparison.
+
+Weights are seeded random values made straight on the device, tensor by tensor, in the stored dtype (no file is
+written), and go through ComfyUI's own UNet loader path (comfy.sd.load_diffusion_model_state_dict: detection,
+dtype choice, manual-cast ops), which must detect them as SDXL / Flux. Training is lora_train.train.train_lora
+through ComfyHost's session on random latents (128x128 at 1024 px; 4 channels SDXL, 16 Flux) and random
+text-encoder outputs of the real widths (SDXL: context [1, 77, 2048] + pooled 1280, with the size conditioning
+from the model's own extra_conds; Flux: T5-width context [1, 512, 4096] + pooled 768, guidance 1.0; no text
+encoder is ever loaded): batch 1, rank 16 LoRA on the attention targets (fp32 adapters), mixed_precision bf16,
+gradient checkpointing on, AdamW.
+
+    python bench/bench_families_gpu.py --comfyui /path/to/ComfyUI            # on a GPU: sdxl, flux_fp8
+    python bench/bench_families_gpu.py --cases sdxl,flux_fp8,flux_bf16 --steps 12 --warmup 3
+    python bench/bench_families_gpu.py --tiny --cpu   # smoke check: the same path on tiny models, 64 px, CPU
+
+Expected on one H200: ~2-4 minutes for the two default cases (per process: import, random weights and the load
+~30-60 s, then 12 steps of ~0.3-0.5 s SDXL, ~1-2 s Flux; each case is stopped after --case-timeout, 270 s).
+Run it with a Python that has torch and ComfyUI's requirements; ComfyUI is found from
+--comfyui, $COMFYUI_PATH, or this repo's dev host (lora_train.devhost). Prints one JSON line per case, then a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import types
+import zlib
+from dataclasses import dataclass
+
+import torch
+from bench_train_gpu import SEED, _comfyui, _memory, _reset_peak, _sync, bench_settings
+
+from lora_train.host.tiny_models import TINY_FLUX, TINY_SDXL_UNET
+
+# Full SDXL (ComfyUI's model_detection SDXL config); the tiny one is the smallest ComfyUI still detects as SDXL.
+FULL_SDXL_UNET = {
+    **TINY_SDXL_UNET,
+    "num_res_blocks": [2, 2, 2],
+    "channel_mult": [1, 2, 4],
+    "transformer_depth": [0, 0, 2, 2, 10, 10],
+    "transformer_depth_output": [0, 0, 0, 2, 2, 2, 10, 10, 10],
+    "transformer_depth_middle": 10,
+}
+# Flux dev at full depth with T5-XXL's width for the text input; the tiny one keeps the widths (3072 hidden,
+# detection fixes it) with one double block and no single blocks (~0.4 B parameters).
+FULL_FLUX = {**TINY_FLUX, "context_in_dim": 4096, "depth": 19, "depth_single_blocks": 38}
+SMOKE_FLUX = {**TINY_FLUX, "context_in_dim": 4096}
+WEIGHT_DTYPES = {"bf16": torch.bfloat16, "fp8_e4m3fn": torch.float8_e4m3fn}
+FP8 = (torch.float8_e4m3fn, torch.float8_e5m2)
+ADAPTER_DTYPE = torch.float32  # what AdapterSet.create makes (mixed_precision autocasts their matmuls to bf16)
+RESULT = "BENCH_RESULT "
+
+
+@dataclass(frozen=True)
+class Case:
+    """One model family, its stored weight dtype, and the text-encoder output it trains on."""
+
+    family: str  # the model_config class ComfyUI must detect
+    weight_dtype: str  # UNETLoader's weight_dtype (key of WEIGHT_DTYPES)
+    context: int  # text-encoder output width
+    pooled: int  # pooled vector width
+    tokens: int  # text tokens at full size
+    target_gib: float | None
+
+
+CASES = {
+    "sdxl": Case("SDXL", "bf16", 2048, 1280, 77, 12.0),
+    "flux_fp8": Case("Flux", "fp8_e4m3fn", 4096, 768, 512, 24.0),
+    "flux_bf16": Case("Flux", "bf16", 4096, 768, 512, None),
+}
+DEFAULT_CASES = "sdxl,flux_fp8"
+FULL = {"resolution": 1024, "batch": 1, "rank": 16}
+TINY = {"resolution": 64, "batch": 1, "rank": 16, "tokens": 16}
+
+
+# ---- the model ---------------------------------------------------------------------------------------------------
+def _architecture(case: Case, tiny: bool) -> torch.nn.Module:
+    """The diffusion model's module tree on the meta device (shapes only, no memory)."""
+    import comfy.ops
+
+    ops, meta = comfy.ops.disable_weight_init, torch.device("meta")
+    if case.family == "SDXL":
+        from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+
+        config = TINY_SDXL_UNET if tiny else FULL_SDXL_UNET
+        return UNetModel(**config, dtype=torch.bfloat16, device=meta, operations=ops)
+    from comfy.ldm.flux.model import Flux
+
+    config = SMOKE_FLUX if tiny else FULL_FLUX
+    return Flux(**config, guidance_embed=True, dtype=torch.bfloat16, device=meta, operations=ops)
+
+
+def random_state(module: torch.nn.Module, dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
+    """Seeded random weights for `module`'s state dict, made on `device` tensor by tensor in the stored `dtype`
+    (fp8 included): fan-in scaled normals, zero biases, unit norm scales. One generator per tensor name, so a
+    tensor's values do not depend on the others (nor on the model's depth)."""
+    state = {}
+    for name, shape in ((n, t.shape) for n, t in module.state_dict().items()):
+        if name.endswith("bias"):
+            value = torch.zeros(shape, device=device)
+        elif len(shape) <= 1:
+            value = torch.ones(shape, device=device)
+        else:
+            generator = torch.Generator(device).manual_seed(SEED * 2**32 + zlib.crc32(name.encode()))
+            value = torch.randn(shape, generator=generator, device=device).mul_(1 / math.sqrt(math.prod(shape[1:])))
+        state[name] = value.to(dtype)
+    return state
+
+
+def build_model(case: Case, tiny: bool, device: torch.device):
+    """A ModelPatcher of the case's model through ComfyUI's UNet loader path (as UNETLoader with the case's
+    weight_dtype loads a file: detection, dtype, manual-cast ops); checks ComfyUI detected the right family."""
+    import comfy.sd
+
+    from lora_train.host.comfy_adapter import model_family
+
+    dtype = WEIGHT_DTYPES[case.weight_dtype]
+    state = random_state(_architecture(case, tiny), dtype, device)
+    parameters = sum(t.numel() for t in state.values())
+    try:
+        model = comfy.sd.load_diffusion_model_state_dict(state, model_options={"dtype": dtype})
+    finally:
+        state.clear()  # ComfyUI copied them into its own (offloaded) model: free the device copies now
+    if model is None or model_family(model) != case.family:
+        found = "nothing" if model is None else model_family(model)
+        raise RuntimeError(f"ComfyUI detected the generated {case.family} weights as {found}")
+    return model, parameters
+
+
+def random_encoded(latent_channels: int, resolution: int, tokens: int, case: Case):
+    """One latent [1, C, h, w], a context [1, tokens, width] and a pooled vector [1, width], from a fixed seed."""
+    generator = torch.Generator().manual_seed(SEED)
+    side = resolution // 8
+    latent = torch.randn(1, latent_channels, side, side, generator=generator)
+    context = torch.randn(1, tokens, case.context, generator=generator)
+    pooled = torch.randn(1, case.pooled, generator=generator)
+    return latent, {"cross_attn": context, "pooled_output": pooled}
+
+
+# ---- the worker --------------------------------------------------------------------------------------------------
+def _dtypes_gib(module: torch.nn.Module) -> dict[str, float]:
+    """GiB of the module's parameters by stored dtype."""
+    out: dict[str, float] = {}
+    for p in module.parameters():
+        key = str(p.dtype).removeprefix("torch.")
+        out[key] = out.get(key, 0.0) + p.numel() * p.element_size() / 2**30
+    return {k: round(v, 3) for k, v in out.items()}
+
+
+def inspect_training(diffusion_model: torch.nn.Module, case: Case) -> dict:
+    """While training runs: the base weights' stored dtypes and the attached adapters' dtypes (asserted)."""
+    linear = {m.weight.dtype for m in diffusion_model.modules() if isinstance(m, torch.nn.Linear)}
+    hooks = [h for m in diffusion_model.modules() for h in m._forward_hooks.values() if hasattr(h, "adapter")]
+    adapter = {p.dtype for h in hooks for p in h.adapter.parameters()}
+    trainable = sum(p.numel() for h in hooks for p in h.adapter.parameters() if p.requires_grad)
+    expected = WEIGHT_DTYPES[case.weight_dtype]
+    assert hooks, "no adapters are attached to the model during training"
+    assert linear == {expected}, f"base Linear weights are stored as {linear} during training, not {expected}"
+    assert adapter == {ADAPTER_DTYPE}, f"adapters are {adapter}, not {ADAPTER_DTYPE}"
+    if expected in FP8:
+        print(f"[{case.family}] during training: every Linear weight is stored as {expected}", file=sys.stderr)
+    return {
+        "stored_dtypes_gib": _dtypes_gib(diffusion_model),
+        "linear_weight_dtype": str(expected).removeprefix("torch."),
+        "adapter_dtype": str(ADAPTER_DTYPE).removeprefix("torch."),
+        "adapters": len(hooks),
+        "adapter_params_m": round(trainable / 1e6, 2),
+    }
+
+
+def worker(case: Case, sizes: dict, steps: int, warmup: int) -> dict:
+    """Build and load the case's model, train it with our core, measure."""
+    import comfy.model_management as mm
+
+    from lora_train.config import TrainConfig
+    from lora_train.data import dataset_from_images
+    from lora_train.host.comfy_adapter import ComfyHost
+    from lora_train.train import Example, train_lora
+
+    device = mm.get_torch_device()
+    started = time.perf_counter()
+    with torch.inference_mode():  # as UNETLoader runs
+        model, parameters = build_model(case, sizes["tiny"], device)
+    mm.soft_empty_cache()
+    loaded = time.perf_counter()
+    latent, text_out = random_encoded(model.model.latent_format.latent_channels, sizes["resolution"],
+                                      sizes["tokens"], case)  # fmt: skip
+
+    class BenchHost(ComfyHost):
+        """ComfyHost without CLIP/VAE: the 'encoded' dataset is one random latent and text-encoder output."""
+
+        stamps: list[float]
+        checks: dict
+
+        def encode_examples(self, dataset, cfg, cache_dir=None):
+            self.guidance = cfg.guidance
+            with torch.inference_mode(False):
+                return [Example(latent[0].clone(), self.model_conds(text_out, latent))]
+
+        def report(self, progress) -> None:
+            if not self.stamps:
+                self.checks = inspect_training(self.model.model.diffusion_model, case) | {"first_loss": progress.loss}
+            self.stamps.append(time.perf_counter())
+
+    clip = types.SimpleNamespace(patcher=None)  # ComfyHost wants a CLIP and a VAE; nothing here uses them
+    host = BenchHost(model, clip, types.SimpleNamespace())
+    host.stamps = []
+    values = bench_settings(sizes, optimizer="adamw", gradient_checkpointing=True, steps=steps)
+    dataset = dataset_from_images(torch.zeros(1, 8, 8, 3), ["bench"])
+    _reset_peak(device)
+    with tempfile.TemporaryDirectory() as out, torch.inference_mode():
+        result = train_lora(TrainConfig.from_dict(values), dataset, host, out)
+    _sync(device)
+    finished = time.perf_counter()
+    intervals = [b - a for a, b in zip(host.stamps[warmup - 1 :], host.stamps[warmup:], strict=False)]
+    memory = _memory(device)
+    reserved = torch.cuda.max_memory_reserved(device) / 2**30 if device.type == "cuda" else None
+    peak = memory["peak_vram_gib"]
+    base = model.model
+    return {
+        "family": case.family,
+        "params_b": round(parameters / 1e9, 3),
+        "weight_dtype": case.weight_dtype,
+        "compute_dtype": str(base.manual_cast_dtype or base.get_dtype()).removeprefix("torch."),
+        **host.checks,
+        "last_loss": result.loss_history[-1][1],
+        "s_per_step": statistics.median(intervals),
+        "steps": steps,
+        "load_s": round(loaded - started, 1),
+        "train_s": round(finished - loaded, 1),
+        **memory,
+        "peak_reserved_gib": reserved,
+        "target_gib": case.target_gib,
+        "within_target": None if peak is None or case.target_gib is None else peak <= case.target_gib,
+        "device": str(device),
+    }
+
+
+# ---- driver ------------------------------------------------------------------------------------------------------
+def run_case(name: str, args: argparse.Namespace) -> dict:
+    """The case in a process of its own (its stderr passes through; its last result line is the answer)."""
+    command = [sys.executable, __file__, "--worker", name, "--steps", str(args.steps), "--warmup", str(args.warmup)]
+    command += ["--comfyui", args.comfyui] + (["--tiny"] if args.tiny else []) + (["--cpu"] if args.cpu else [])
+    try:
+        out = subprocess.run(command, stdout=subprocess.PIPE, text=True, timeout=args.case_timeout)
+    except subprocess.TimeoutExpired:
+        return {"case": name, "error": f"timed out after {args.case_timeout} s"}
+    lines = [line for line in out.stdout.splitlines() if line.startswith(RESULT)]
+    if out.returncode != 0 or not lines:
+        return {"case": name, "error": f"worker exited with {out.returncode} (its stderr is above)"}
+    return {"case": name, **json.loads(lines[-1][len(RESULT) :])}
+
+
+def _gib(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def report(results: list[dict], sizes: dict, args: argparse.Namespace) -> None:
+    print(
+        f"\n{'tiny' if args.tiny else 'full-size'} models, {sizes['resolution']} px, batch {sizes['batch']}, rank "
+        f"{sizes['rank']}, bf16 autocast, gradient checkpointing, AdamW, {args.steps} steps (median after "
+        f"{args.warmup}); peak VRAM = torch.cuda.max_memory_allocated, GiB"
+    )
+    print(
+        f"{'case':<10} {'params B':>8} {'weights':>10} {'compute':>8} {'adapters':>9} {'s/step':>8} "
+        f"{'peak VRAM GiB':>13} {'reserved GiB':>12} {'target GiB':>10} {'ok':>4} {'peak RSS GiB':>13}"
+    )
+    for r in results:
+        if "error" in r:
+            print(f"{r['case']:<10} ERROR: {r['error']}")
+            continue
+
+        target = "n/a" if r["target_gib"] is None else f"{r['target_gib']:.0f}"
+        ok = {None: "n/a", True: "yes", False: "NO"}[r["within_target"]]
+        print(
+            f"{r['case']:<10} {r['params_b']:>8.3f} {r['weight_dtype']:>10} {r['compute_dtype']:>8} "
+            f"{r['adapter_dtype']:>9} {r['s_per_step']:>8.3f} {_gib(r['peak_vram_gib']):>13} "
+            f"{_gib(r['peak_reserved_gib']):>12} {target:>10} {ok:>4} {r['peak_rss_gib']:>13.2f}"
+        )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", default=DEFAULT_CASES, help=f"comma list of {', '.join(CASES)}")
+    parser.add_argument("--tiny", action="store_true", help="tiny models at 64 px (smoke check)")
+    parser.add_argument("--cpu", action="store_true", help="run on the CPU (with --tiny: the smoke check)")
+    parser.add_argument("--steps", type=int, default=None, help="training steps (default 12, or 3 with --tiny)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed first steps (default 3, or 1 with --tiny)")
+    parser.add_argument("--case-timeout", type=int, default=270, help="seconds one case may take (default 270)")
+    parser.add_argument("--comfyui", help="ComfyUI folder (default: $COMFYUI_PATH, else this repo's dev host)")
+    parser.add_argument("--worker", choices=list(CASES), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    args.steps = args.steps or (3 if args.tiny else 12)
+    args.warmup = args.warmup or (1 if args.tiny else 3)
+    if args.warmup >= args.steps:
+        parser.error("--warmup must be smaller than --steps")
+    sizes = {**FULL, **(TINY if args.tiny else {}), "tiny": args.tiny}
+
+    if args.worker:
+        from lora_train.host.bootstrap import import_comfy
+
+        import_comfy(args.comfyui, cpu=args.cpu or None)
+        case = CASES[args.worker]
+        sizes.setdefault("tokens", case.tokens)
+        print(RESULT + json.dumps(worker(case, sizes, args.steps, args.warmup)), flush=True)
+        return 0
+
+    names = list(dict.fromkeys(c.strip() for c in args.cases.split(",") if c.strip()))
+    unknown = [c for c in names if c not in CASES]
+    if unknown or not names:
+        parser.error(f"unknown case(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(CASES)}")
+    args.comfyui = _comfyui(args.comfyui)
+    results = []
+    for name in names:
+        results.append(run_case(name, args))
+        print(json.dumps(results[-1]), flush=True)
+    report(results, sizes, args)
+    return 1 if any("error" in r for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
