@@ -2,32 +2,14 @@
 
 import os
 import shutil
-import subprocess
 
 import pytest
 from safetensors import safe_open
 
 from lora_train.host.tiny_models import TINY_SD15_NAME
-from tests.conftest import REPO_ROOT
+from tests.cli import run_cli, write_config
 
 pytestmark = pytest.mark.host
-
-
-def run_cli(host, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    """`python -m lora_train ARGS` with the host venv, from the repo root (as a user types it)."""
-    return subprocess.run(
-        [str(host.python), "-m", "lora_train", *args],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-    )
-
-
-def write_config(path, **values) -> str:
-    path.write_text("".join(f"{key}: {value}\n" for key, value in values.items()), encoding="utf-8")
-    return str(path)
 
 
 @pytest.fixture()

@@ -19,6 +19,7 @@ from lora_train.host.comfy_adapter import ComfyHost
 from lora_train.host.tiny_models import write_tiny
 from lora_train.train import TrainingError, train_lora
 from lora_train.workflows import lora_loader_sample, train_and_sample
+from tests.cli import run_cli, write_config
 
 pytestmark = pytest.mark.host
 
@@ -219,8 +220,6 @@ def test_fp8_base_weights_as_comfyui_loads_them_train_with_bf16_autocast(
 def test_cli_trains_a_diffusion_model_only_release_from_its_split_files(
     host, family_models, style_dataset_dir, tmp_path
 ):
-    from tests.host.test_cli_train import run_cli, write_config
-
     tiny = write_tiny("sd3", family_models)
     config = write_config(
         tmp_path / "sd3.yaml",
