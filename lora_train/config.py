@@ -135,7 +135,14 @@ class TrainConfig(Settings):
         multiline=True,
     )
     sample_steps: int = setting(12, "Sampler steps per preview image (euler).", min=1, max=200, advanced=True)
-    sample_cfg: float = setting(7.0, "CFG scale of the preview images.", min=0.0, max=100.0, advanced=True)
+    sample_cfg: float = setting(
+        0.0,
+        "CFG scale of the preview images; 0 = the family's usual value (7 for SD1/SD2/SDXL, 5 for SD3, 1 for Flux, "
+        "whose guidance is a model input).",
+        min=0.0,
+        max=100.0,
+        advanced=True,
+    )
     sample_seed: int = setting(
         0, "Noise seed of the preview images (the same every time, so previews compare).", min=0, max=2**63 - 1
     )

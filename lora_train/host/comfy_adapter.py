@@ -45,18 +45,19 @@ class FamilySupport:
 
     architecture: str  # modelspec.architecture of the LoRA
     naming: str
+    preview_cfg: float  # the CFG scale previews use when sample_cfg is 0 (the family's usual one)
     # T5-XXL families: captions are encoded once, before training, and the text encoders are never trained, so
     # the 4.8 B-parameter encoder is never resident next to the diffusion model.
     encode_once: bool = False
 
 
 FAMILIES: dict[str, FamilySupport] = {
-    "SD15": FamilySupport("stable-diffusion-v1/lora", "kohya_diffusers"),
-    "SD20": FamilySupport("stable-diffusion-v2-768-v/lora", "kohya_diffusers"),  # -512 when it predicts eps
-    "SDXL": FamilySupport("stable-diffusion-xl-v1-base/lora", "kohya_ldm"),
-    "SD3": FamilySupport("stable-diffusion-3/lora", "diffusers", encode_once=True),
-    "Flux": FamilySupport("flux-1-dev/lora", "kohya_ldm", encode_once=True),
-    "FluxSchnell": FamilySupport("flux-1-schnell/lora", "kohya_ldm", encode_once=True),
+    "SD15": FamilySupport("stable-diffusion-v1/lora", "kohya_diffusers", 7.0),
+    "SD20": FamilySupport("stable-diffusion-v2-768-v/lora", "kohya_diffusers", 7.0),  # -512 when it predicts eps
+    "SDXL": FamilySupport("stable-diffusion-xl-v1-base/lora", "kohya_ldm", 7.0),
+    "SD3": FamilySupport("stable-diffusion-3/lora", "diffusers", 5.0, encode_once=True),
+    "Flux": FamilySupport("flux-1-dev/lora", "kohya_ldm", 1.0, encode_once=True),
+    "FluxSchnell": FamilySupport("flux-1-schnell/lora", "kohya_ldm", 1.0, encode_once=True),
 }
 # kohya's text-encoder prefixes: te1 is CLIP-L, te2 OpenCLIP-G (SDXL); a single encoder is plain `lora_te_`.
 TEXT_ENCODER_ORDER = ("clip_l", "clip_g", "clip_h")
@@ -251,6 +252,7 @@ class ComfySession:
         positives, negative = self.host.preview_conditioning(fresh=self.text_model is not None)
         size = cfg.resolution // 8
         latent = comfy.sample.fix_empty_latent_channels(self.model, torch.zeros([1, 4, size, size]))
+        scale = cfg.sample_cfg or self.host.support.preview_cfg
         was_training = self.diffusion_model.training
         self.diffusion_model.eval()
         images = []
@@ -260,7 +262,7 @@ class ComfySession:
                 # a KSampler with the trained LoRA and seed sample_seed redraws the preview.
                 noise = comfy.sample.prepare_noise(latent, cfg.sample_seed)
                 samples = comfy.sample.sample(
-                    self.model, noise, cfg.sample_steps, cfg.sample_cfg, PREVIEW_SAMPLER, PREVIEW_SCHEDULER,
+                    self.model, noise, cfg.sample_steps, scale, PREVIEW_SAMPLER, PREVIEW_SCHEDULER,
                     positive, negative, latent, disable_pbar=True, seed=cfg.sample_seed,
                 )  # fmt: skip
                 images.append(_to_pil(self.host.vae.decode(samples)[0]))

@@ -26,7 +26,24 @@ DATASET_DIR = "__DATASET_DIR__"
 CLIP_MODEL = "__CLIP_MODEL__"
 MANIFEST_URL = "__MANIFEST_URL__"
 LORA_FILE = "my_style_lora.safetensors"  # what the training example saves and the publish example publishes
-PLACEHOLDERS = (CHECKPOINT, DATASET_DIR, CLIP_MODEL, MANIFEST_URL, LORA_FILE)
+# The Flux example: the files of ComfyUI's own Flux dev template.
+FLUX_MODEL, FLUX_CLIP_L, FLUX_T5, FLUX_VAE = (
+    "flux1-dev.safetensors",
+    "clip_l.safetensors",
+    "t5xxl_fp16.safetensors",
+    "ae.safetensors",
+)
+PLACEHOLDERS = (
+    CHECKPOINT,
+    DATASET_DIR,
+    CLIP_MODEL,
+    MANIFEST_URL,
+    LORA_FILE,
+    FLUX_MODEL,
+    FLUX_CLIP_L,
+    FLUX_T5,
+    FLUX_VAE,
+)
 
 # Sizes and step counts for the tiny test checkpoint (64 px, a few steps), by node type and input name.
 TINY_PROFILE: dict[str, dict[str, Any]] = {
@@ -41,6 +58,7 @@ TINY_PROFILE: dict[str, dict[str, Any]] = {
         "log_every": 2,
     },
     "EmptyLatentImage": {"width": 64, "height": 64},
+    "EmptySD3LatentImage": {"width": 64, "height": 64},
     "KSampler": {"steps": 4},
 }
 
@@ -52,6 +70,14 @@ NOTES = {
         "first if you have none).\n3. Train LoRA: set output_name and, for a style, a trigger_word. The chart under "
         "the node shows the loss while it trains.\n\nThe two Save Image nodes show the same seed with and without "
         "the LoRA."
+    ),
+    "train_flux_lora": (
+        "Train a Flux dev LoRA and sample with it at once.\n\n"
+        f"1. Load Diffusion Model: {FLUX_MODEL} (weight_dtype fp8_e4m3fn halves its memory; the LoRA still trains "
+        f"in bf16/fp32). DualCLIPLoader: {FLUX_CLIP_L} + {FLUX_T5}, type flux. Load VAE: {FLUX_VAE}.\n"
+        f"2. Load LoRA Dataset: set path (replace {DATASET_DIR}).\n3. Train LoRA: captions are encoded once and "
+        "T5-XXL leaves the GPU before training; resolution 1024 with gradient checkpointing and bf16. Set "
+        "output_name and a trigger_word.\n\nSampling uses cfg 1 with FluxGuidance 3.5, as Flux dev expects."
     ),
     "auto_label_folder": (
         "Caption a folder of images with CLIP (writes metadata.csv into the folder).\n\n"
@@ -79,22 +105,29 @@ def widget_defaults(settings_class) -> dict[str, Any]:
     return {name: spec[1]["default"] for name, spec in settings_class.comfy_inputs().items()}
 
 
-def _sample(first_id: int, model: list, clip: list, vae: list, prefix: str, text: Any, title: str) -> dict:
-    """Prompt -> empty latent -> KSampler -> decode -> save, with numeric ids from `first_id`."""
-    pos, neg, latent, sampler, decode, save = (str(first_id + i) for i in range(6))
-    return {
+def _sample(
+    first_id: int, model: list, clip: list, vae: list, prefix: str, text: Any, title: str, *, flux: bool = False
+) -> dict:
+    """Prompt -> empty latent -> KSampler -> decode -> save, with numeric ids from `first_id`. `flux`: 1024 px,
+    FluxGuidance 3.5 on the prompt and cfg 1 (ComfyUI's Flux dev template)."""
+    pos, neg, latent, sampler, decode, save, guidance = (str(first_id + i) for i in range(7))
+    nodes = {
         pos: {"class_type": "CLIPTextEncode", "inputs": {"text": text, "clip": clip}, "_meta": {"title": "Prompt"}},
-        neg: {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry, lowres", "clip": clip},
+        neg: {"class_type": "CLIPTextEncode", "inputs": {"text": "" if flux else "blurry, lowres", "clip": clip},
               "_meta": {"title": "Negative prompt"}},
-        latent: {"class_type": "EmptyLatentImage", "inputs": {"width": 512, "height": 512, "batch_size": 1}},
+        latent: {"class_type": "EmptySD3LatentImage" if flux else "EmptyLatentImage",
+                 "inputs": {"width": 1024 if flux else 512, "height": 1024 if flux else 512, "batch_size": 1}},
         sampler: {"class_type": "KSampler",
-                  "inputs": {"model": model, "positive": [pos, 0], "negative": [neg, 0], "latent_image": [latent, 0],
-                             "seed": 1234, "steps": 20, "cfg": 7.0, "sampler_name": "euler", "scheduler": "normal",
-                             "denoise": 1.0}},
+                  "inputs": {"model": model, "positive": [guidance if flux else pos, 0], "negative": [neg, 0],
+                             "latent_image": [latent, 0], "seed": 1234, "steps": 20, "cfg": 1.0 if flux else 7.0,
+                             "sampler_name": "euler", "scheduler": "simple" if flux else "normal", "denoise": 1.0}},
         decode: {"class_type": "VAEDecode", "inputs": {"samples": [sampler, 0], "vae": vae}},
         save: {"class_type": "SaveImage", "inputs": {"images": [decode, 0], "filename_prefix": prefix},
                "_meta": {"title": title}},
     }  # fmt: skip
+    if flux:
+        nodes[guidance] = {"class_type": "FluxGuidance", "inputs": {"conditioning": [pos, 0], "guidance": 3.5}}
+    return nodes
 
 
 def _checkpoint() -> dict:
@@ -116,6 +149,33 @@ def train_lora_from_folder() -> dict:
                          "captions": ""}},
         **_sample(10, ["3", 0], ["3", 1], ["1", 2], "lora_train/with_lora", prompt, "With the new LoRA"),
         **_sample(20, ["1", 0], ["1", 1], ["1", 2], "lora_train/without_lora", prompt, "Base model (same seed)"),
+    }  # fmt: skip
+
+
+def train_flux_lora() -> dict:
+    """Flux dev from its split files (fp8) -> Load LoRA Dataset -> Train LoRA -> Flux sampling with and without."""
+    from lora_train.config import TrainConfig
+    from lora_train.data import DatasetConfig
+
+    train = widget_defaults(TrainConfig) | {
+        "output_name": "my_flux_lora", "resolution": 1024, "mixed_precision": "bf16", "gradient_checkpointing": True,
+        "alpha": 16.0,
+    }  # fmt: skip
+    prompt = "a lighthouse on a cliff at sunset"
+    dataset = widget_defaults(DatasetConfig) | {"path": DATASET_DIR, "resolution": 1024}
+    return {
+        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": FLUX_MODEL, "weight_dtype": "fp8_e4m3fn"}},
+        "2": {"class_type": "DualCLIPLoader",
+              "inputs": {"clip_name1": FLUX_CLIP_L, "clip_name2": FLUX_T5, "type": "flux", "device": "default"}},
+        "3": {"class_type": "VAELoader", "inputs": {"vae_name": FLUX_VAE}},
+        "4": {"class_type": "LoraTrain_LoadDataset", "inputs": dataset},
+        "5": {"class_type": "LoraTrain_TrainLoRA",
+              "inputs": {"model": ["1", 0], "clip": ["2", 0], "vae": ["3", 0], "dataset": ["4", 0], **train,
+                         "captions": ""}},
+        **_sample(10, ["5", 0], ["5", 1], ["3", 0], "lora_train/flux_with_lora", prompt, "With the new LoRA",
+                  flux=True),
+        **_sample(20, ["1", 0], ["2", 0], ["3", 0], "lora_train/flux_without_lora", prompt, "Base model (same seed)",
+                  flux=True),
     }  # fmt: skip
 
 
@@ -162,6 +222,7 @@ def publish_lora_release() -> dict:
 
 BUILDERS = {
     "train_lora_from_folder": train_lora_from_folder,
+    "train_flux_lora": train_flux_lora,
     "auto_label_folder": auto_label_folder,
     "fetch_lora_and_sample": fetch_lora_and_sample,
     "publish_lora_release": publish_lora_release,

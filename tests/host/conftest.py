@@ -102,6 +102,29 @@ def tiny_checkpoint(comfy_lib, tiny_models_dir):
 
 
 @pytest.fixture(scope="session")
+def family_models(comfy_lib) -> Path:
+    """The cached models folder, where `tiny_family` writes the other families' tiny models (once, seeded)."""
+    return devhost.cache_dir() / "models"
+
+
+@pytest.fixture(scope="session")
+def tiny_family(comfy, family_models):
+    """Factory: family name -> its TinyModel, written if missing and linked into the shared server's models."""
+    from lora_train.host.tiny_models import write_tiny
+
+    def get(family: str):
+        tiny = write_tiny(family, family_models)
+        for folder, path in tiny.paths(family_models).items():
+            target = comfy.models_dir / folder / path.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if not target.exists():
+                target.symlink_to(path)
+        return tiny
+
+    return get
+
+
+@pytest.fixture(scope="session")
 def style_dataset_dir(tmp_path_factory):
     """8 generated 64-px red-style images with `.txt` captions."""
     from lora_train.synthetic import write_style_dataset

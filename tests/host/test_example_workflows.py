@@ -104,3 +104,33 @@ def test_fetch_example_downloads_a_release_by_manifest_and_samples(comfy, traine
     fetched_name = result.outputs["2"]["lora_name"][0]
     assert (comfy.models_dir / "loras" / fetched_name).read_bytes() == published.weights_path.read_bytes()
     assert saved_image(comfy, result, "15").shape == (64, 64, 3)
+
+
+@pytest.mark.slow
+def test_flux_example_trains_on_fp8_weights_and_samples_with_and_without_the_lora(
+    comfy, tiny_family, style_dataset_dir
+):
+    from safetensors import safe_open
+
+    flux = tiny_family("flux_dev")
+    values = {
+        examples.FLUX_MODEL: flux.files["diffusion_models"],
+        examples.FLUX_VAE: flux.files["vae"],
+        examples.DATASET_DIR: str(style_dataset_dir),
+    }
+    workflow = examples.tiny(examples.substitute(examples.load_api("train_flux_lora"), values))
+    # The one node swapped: the tiny Flux reads CLIP-L-width text (a full T5-XXL cannot run on this machine).
+    assert workflow["2"]["class_type"] == "DualCLIPLoader"
+    workflow["2"] = {
+        "class_type": "CLIPLoader",
+        "inputs": {"clip_name": flux.files["text_encoders"], "type": "stable_diffusion"},
+    }
+    assert workflow["1"]["inputs"]["weight_dtype"] == "fp8_e4m3fn"
+    result = comfy.run_workflow(workflow)
+
+    lora = comfy.models_dir / "loras" / "my_flux_lora.safetensors"
+    with safe_open(str(lora), "pt") as handle:
+        assert handle.metadata()["modelspec.architecture"] == "flux-1-dev/lora"
+    with_lora, without = saved_image(comfy, result, "15"), saved_image(comfy, result, "25")
+    assert with_lora.shape == without.shape == (64, 64, 3)
+    assert np.abs(with_lora - without).mean() > 0.5, "the trained LoRA did not change the Flux sample"

@@ -57,31 +57,19 @@ def _image(comfy, result, node) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(comfy.view(images[0]))).convert("RGB"), dtype=np.float32)
 
 
-@pytest.fixture(scope="module")
-def family_models(host, comfy_lib):
-    """Writes (once, cached) the tiny family models; returns the models folder."""
-    from lora_train import devhost
-
-    return devhost.cache_dir() / "models"
-
-
-def _link(comfy, models_dir, tiny) -> None:
-    for folder, name in tiny.files.items():
-        target = comfy.models_dir / folder / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if not target.exists():
-            target.symlink_to(models_dir / folder / name)
-
-
 @pytest.mark.parametrize("family", FAMILIES)
-def test_family_trains_in_the_node_and_its_file_loads_with_every_key(comfy, family_models, style_dataset_dir, family):
-    tiny = write_tiny(family, family_models)
-    _link(comfy, family_models, tiny)
+def test_family_trains_in_the_node_and_its_file_loads_with_every_key(comfy, tiny_family, style_dataset_dir, family):
+    tiny = tiny_family(family)
     name = f"family_{family}"
     loaders = tiny.loader_nodes(f"{family}_")
     result = comfy.run_workflow(
-        train_and_sample(str(style_dataset_dir), loaders, output_name=name, steps=4, batch_size=1, rank=4)
-    )
+        train_and_sample(
+            str(style_dataset_dir), loaders, output_name=name, steps=4, batch_size=1, rank=4, sample_every=4,
+            sample_steps=2,
+        )
+    )  # fmt: skip
+    previews = result.events_of("lora_train.train_sample")
+    assert [event["step"] for event in previews] == [4], "the preview sampled with the LoRA is missing"
     before, after = _image(comfy, result, "before_save"), _image(comfy, result, "after_save")
     assert np.abs(after - before).mean() > 0.5, f"the {family} LoRA did not change KSampler's output"
 
