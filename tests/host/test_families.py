@@ -242,3 +242,27 @@ def _read(path) -> dict:
 
     with open(path, encoding="utf-8") as handle:
         return yaml.safe_load(handle)
+
+
+@SLOW
+def test_sdxl_size_conditioning_carries_each_images_original_size_and_crop(comfy_lib, family_models, tmp_path):
+    """SDXL's micro-conditioning as kohya computes it: original size, crop corner in resized pixels, bucket size."""
+    folder = tmp_path / "sizes"
+    folder.mkdir()
+    for name, size in (("wide_small", (96, 64)), ("wide_large", (300, 200))):
+        Image.new("RGB", size, (200, 30, 30)).save(folder / f"{name}.png")
+        (folder / f"{name}.txt").write_text("zkw, red", encoding="utf-8")
+    model, clip, vae = write_tiny("sdxl", family_models).load(family_models)
+    host = ComfyHost(model, clip, vae)
+    with torch.inference_mode():
+        examples = host.encode_examples(load_dataset(folder), TrainConfig(resolution=64))
+    by_width = {example.size["width"]: example for example in examples}
+    # Both land in the 64x64 bucket: scaled to 96x64 (x1 and x0.32), then 16 px cropped off the left.
+    assert by_width[96].size == {"width": 96, "height": 64, "crop_w": 16, "crop_h": 0, "target_width": 64,
+                                 "target_height": 64}  # fmt: skip
+    assert by_width[300].size == {**by_width[96].size, "width": 300, "height": 200}
+    small, large = by_width[96].cond["y"].cond, by_width[300].cond["y"].cond
+    pooled = small[:, :1280]
+    assert torch.equal(pooled, large[:, :1280]) and not torch.equal(small, large)
+    expected = model.model.encode_adm(pooled_output=pooled, **by_width[300].size)
+    torch.testing.assert_close(large, expected.to(large))
