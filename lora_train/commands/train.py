@@ -124,6 +124,15 @@ def run_log(path: Path | None) -> Iterator[None]:
 
 
 # ---- inputs ----------------------------------------------------------------------------------------------
+# ComfyUI models folder -> what a file there is called in messages.
+MODEL_KINDS = {
+    "checkpoints": "checkpoint",
+    "diffusion_models": "diffusion model",
+    "text_encoders": "text encoder",
+    "vae": "VAE",
+}
+
+
 def resolve_base_model(name: str, folder: str = "checkpoints", setting: str = "base_model") -> Path:
     """A model path: `name` as a file, else a name in ComfyUI's models/<folder> (needs ComfyUI imported)."""
     path = Path(name).expanduser()
@@ -139,8 +148,8 @@ def resolve_base_model(name: str, folder: str = "checkpoints", setting: str = "b
     known = folder_paths.get_filename_list(folder)
     listed = ", ".join(known[:10]) + (" ..." if len(known) > 10 else "") if known else "none"
     raise ConfigError(
-        f"{setting} {name!r} is neither a file nor a file in ComfyUI's models/{folder} ({folders}); "
-        f"files there: {listed}"
+        f"{setting} {name!r} is neither a file nor a {MODEL_KINDS[folder]} in ComfyUI's models/{folder} ({folders}); "
+        f"{folder} there: {listed}"
     )
 
 
