@@ -6,8 +6,12 @@ Host APIs used (all present in 0.3.75 and upstream ~0.38; optional ones are prob
 model_config / process_latent_in / extra_conds / process_timestep / get_dtype / manual_cast_dtype`,
 `VAE.encode / decode / first_stage_model / vae_dtype`, `CLIP.tokenize / encode_from_tokens /
 encode_from_tokens_scheduled`, `comfy.sample.sample / prepare_noise / fix_empty_latent_channels` (previews),
-`comfy.utils.unet_to_diffusers / ProgressBar`, `comfy.sd.load_lora_for_models`, `folder_paths.get_temp_directory`,
-`server.PromptServer.instance.send_sync`.
+`comfy.utils.unet_to_diffusers / mmdit_to_diffusers / ProgressBar`, `comfy.sd.load_lora_for_models`,
+`comfy.model_management.current_loaded_models` (+ `LoadedModel.model / model_unload`, `ModelPatcher.is_clone`),
+`model_sampling.sigma / timestep / percent_to_sigma / noise_scaling / calculate_input / calculate_denoised`,
+`comfy.model_sampling.V_PREDICTION`, `folder_paths.get_temp_directory`, `server.PromptServer.instance.send_sync`.
+Upstream (~0.38, read) keeps all of these; its LoadedModel also serves "dynamic" models, whose model_unload works
+the same way.
 """
 
 from __future__ import annotations
