@@ -51,6 +51,7 @@ def sample_sigmas(
     mean: float = 0.0,
     std: float = 1.0,
     num_timesteps: int = 1000,
+    device: torch.device | str = "cpu",
 ) -> torch.Tensor:
     """Training noise levels drawn the way the model family trains, mapped through the model's own schedule.
 
@@ -61,6 +62,8 @@ def sample_sigmas(
       which applies the model's own timestep shift: SD3's `shift * u / (1 + (shift - 1) * u)` (shift 3.0) or
       Flux's `e^mu / (e^mu + 1/u - 1)` (mu 1.15 for dev, shift 1 = none for schnell). A ModelSampling* node
       placed before training changes that shift, as it does for sampling.
+    The draws come from `generator` on the CPU; the sigmas are computed on `device` (where the model's schedule
+    lives), so nothing is read back from the device.
     """
     if distribution not in TIMESTEP_DISTRIBUTIONS:
         choices = ", ".join(TIMESTEP_DISTRIBUTIONS)
@@ -70,13 +73,17 @@ def sample_sigmas(
         distribution = "logit_normal" if flow else "uniform"
     if distribution == "uniform" and not flow:
         timesteps = torch.randint(0, num_timesteps, (batch,), generator=generator).float()
-        return sampling.sigma(timesteps).float().cpu()
+        return sampling.sigma(timesteps.to(device)).float()
     if distribution == "uniform":
         u = torch.rand(batch, generator=generator)
     else:
         u = torch.sigmoid(mean + std * torch.randn(batch, generator=generator))
     u = u.clamp(1e-5, 1.0 - 1e-5)  # both ends are degenerate (no noise, or pure noise where eps models blow up)
-    return torch.tensor([float(sampling.percent_to_sigma(1.0 - float(x))) for x in u], dtype=torch.float32)
+    if not flow:  # what percent_to_sigma(1 - u) computes for a discrete schedule, without a read-back per sample
+        return sampling.sigma((u * (num_timesteps - 1)).to(device)).float()
+    # Flow schedules map times to sigmas in plain Python arithmetic (no device tensor involved).
+    sigmas = [float(sampling.percent_to_sigma(1.0 - float(x))) for x in u]
+    return torch.tensor(sigmas, dtype=torch.float32).to(device)
 
 
 def sample_noise(latents: torch.Tensor, generator: torch.Generator, noise_offset: float = 0.0) -> torch.Tensor:

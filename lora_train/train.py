@@ -352,7 +352,13 @@ def _optimizer_step(
         global_latents = torch.stack([examples[i].latents for i in indices])
         noise = sample_noise(global_latents, run.generator, cfg.noise_offset)
         sigmas = sample_sigmas(
-            session.sampling, len(indices), run.generator, cfg.timestep_sampling, cfg.logit_mean, cfg.logit_std
+            session.sampling,
+            len(indices),
+            run.generator,
+            cfg.timestep_sampling,
+            cfg.logit_mean,
+            cfg.logit_std,
+            device=device,
         )
         rows = dist.rows(len(indices))
         if not rows:  # a short last batch: this rank adds a zero gradient

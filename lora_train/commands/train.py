@@ -201,11 +201,12 @@ CLIP_TYPE_BY_COUNT = {1: "stable_diffusion", 2: "flux", 3: "sd3"}
 
 
 def load_split_model(paths: RunPaths):
-    """(MODEL, CLIP, VAE) from separate files, as Load Diffusion Model + Load CLIP / DualCLIPLoader + Load VAE do."""
+    """(MODEL, CLIP, VAE, diffusion model path) from the config's separate files (see load_split_files)."""
     import comfy.sd
-    import comfy.utils
     import folder_paths
     import torch
+
+    from lora_train.host.comfy_adapter import load_split_files
 
     unet = resolve_base_model(paths.base_model, "diffusion_models")
     names = [n.strip() for n in paths.text_encoders.split(",") if n.strip()]
@@ -223,15 +224,11 @@ def load_split_model(paths: RunPaths):
         options["dtype"] = {"fp8_e5m2": torch.float8_e5m2}.get(paths.weight_dtype, torch.float8_e4m3fn)
         if paths.weight_dtype == "fp8_e4m3fn_fast":
             options["fp8_optimizations"] = True
-    with torch.inference_mode():
-        model = comfy.sd.load_diffusion_model(str(unet), model_options=options)
-        clip = comfy.sd.load_clip(
-            ckpt_paths=encoders,
-            embedding_directory=folder_paths.get_folder_paths("embeddings"),
-            clip_type=clip_type,
-        )
-        vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(vae_path)))
-    return model, clip, vae, unet
+    embeddings = folder_paths.get_folder_paths("embeddings")
+    loaded = load_split_files(
+        unet, encoders, clip_type, vae_path, model_options=options, embedding_directory=embeddings
+    )
+    return (*loaded, unet)
 
 
 # ---- the command -----------------------------------------------------------------------------------------

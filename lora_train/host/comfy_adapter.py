@@ -587,6 +587,31 @@ class ComfyHost:
             )
 
 
+def load_split_files(
+    unet: str | Path,
+    text_encoders: list[str],
+    clip_type,
+    vae: str | Path,
+    *,
+    model_options: dict | None = None,
+    embedding_directory: list[str] | None = None,
+):
+    """(MODEL, CLIP, VAE) of a release shipped as separate files, loaded as ComfyUI's Load Diffusion Model, Load CLIP
+    (or DualCLIPLoader) and Load VAE nodes load them, under inference mode as nodes run. `clip_type` is a
+    `comfy.sd.CLIPType`."""
+    import comfy.sd
+    import comfy.utils
+
+    with torch.inference_mode():
+        model = comfy.sd.load_diffusion_model(str(unet), model_options=model_options or {})
+        clip = comfy.sd.load_clip(
+            ckpt_paths=[str(p) for p in text_encoders], embedding_directory=embedding_directory, clip_type=clip_type
+        )
+        vae_model = comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(vae)))
+        vae_model.throw_exception_if_invalid()
+    return model, clip, vae_model
+
+
 def apply_lora(model, clip, lora_tensors: dict[str, torch.Tensor], strength_model: float, strength_clip: float):
     """MODEL and CLIP with a LoRA applied through ComfyUI's own loader path (as LoraLoader does)."""
     import comfy.sd

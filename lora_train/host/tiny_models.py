@@ -173,22 +173,22 @@ class TinyModel:
     def load(self, models_dir: str | Path) -> tuple:
         """(ModelPatcher, CLIP, VAE) through comfy.sd's own loaders, under inference mode as a server node runs."""
         import comfy.sd
-        import comfy.utils
+
+        from lora_train.host.comfy_adapter import load_split_files
 
         paths = self.paths(models_dir)
-        with torch.inference_mode():
-            if "checkpoints" in paths:
+        if "checkpoints" in paths:
+            with torch.inference_mode():
                 model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(
                     str(paths["checkpoints"]), output_vae=True, output_clip=True
                 )
-                return model, clip, vae
-            model = comfy.sd.load_diffusion_model(str(paths["diffusion_models"]))
-            clip = comfy.sd.load_clip(
-                ckpt_paths=[str(paths["text_encoders"])], clip_type=getattr(comfy.sd.CLIPType, self.clip_type.upper())
-            )
-            vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(paths["vae"])))
-            vae.throw_exception_if_invalid()
             return model, clip, vae
+        return load_split_files(
+            paths["diffusion_models"],
+            [paths["text_encoders"]],
+            getattr(comfy.sd.CLIPType, self.clip_type.upper()),
+            paths["vae"],
+        )
 
 
 _SPLIT_16 = {"text_encoders": CLIP_L_NAME, "vae": TAESD16_NAME}

@@ -260,7 +260,7 @@ def test_a_full_disk_during_a_save_keeps_the_last_good_save_and_no_temp_files(
 
 def test_cli_runs_reuse_the_latent_cache_and_write_previews(host, tmp_path, tiny_models_dir, style_dataset_dir):
     from lora_train.host.tiny_models import TINY_SD15_NAME
-    from tests.host.test_cli_train import run_cli, write_config
+    from tests.cli import run_cli, write_config
 
     out = tmp_path / "out"
     config = write_config(

@@ -10,8 +10,8 @@ from safetensors.torch import load_file
 
 from lora_train.host.tiny_models import TINY_SD15_NAME
 from lora_train.resume import ResumeError, load_state
+from tests.cli import run_cli, write_config
 from tests.conftest import REPO_ROOT
-from tests.host.test_cli_train import run_cli, write_config
 
 pytestmark = pytest.mark.host
 

@@ -4,13 +4,11 @@ prompt, round-trips an image through its VAE and samples finite, non-constant la
 from __future__ import annotations
 
 import gc
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 
 import pytest
 import torch
 
-from lora_train import devhost
 from lora_train.host.tiny_models import FAMILIES, TinyModel, tiny_model, write_tiny
 
 pytestmark = pytest.mark.host
@@ -30,24 +28,13 @@ CFG = {"flux_dev": 1.0, "flux_schnell": 1.0}  # guidance-distilled: one pass; th
 PROMPT = "a red circle"
 
 
-@pytest.fixture(scope="session")
-def write_family(comfy_lib) -> Callable[[str], tuple[TinyModel, Path]]:
-    """Writes a family's files (once, cached) into `<cache>/models`; returns its descriptor and that folder."""
-    models = devhost.cache_dir() / "models"
-
-    def write(family: str) -> tuple[TinyModel, Path]:
-        return write_tiny(family, models), models
-
-    return write
-
-
 @pytest.fixture(scope="module", params=FAMILY_PARAMS)
-def loaded(request, write_family) -> Iterator[tuple[TinyModel, object, object, object]]:
+def loaded(request, family_models) -> Iterator[tuple[TinyModel, object, object, object]]:
     """(descriptor, MODEL, CLIP, VAE) of one family; one family in memory at a time, freed before the next."""
     import comfy.model_management
 
-    tiny, models = write_family(request.param)
-    model, clip, vae = tiny.load(models)
+    tiny = write_tiny(request.param, family_models)
+    model, clip, vae = tiny.load(family_models)
     yield tiny, model, clip, vae
     del model, clip, vae
     comfy.model_management.unload_all_models()
@@ -135,14 +122,9 @@ def test_two_euler_steps_give_finite_latents(loaded):
 
 
 @pytest.mark.parametrize("family", ["sd15", "sd3"])
-def test_loader_nodes_run_in_a_real_server(comfy, write_family, family):
+def test_loader_nodes_run_in_a_real_server(comfy, tiny_family, family):
     """The API graph from `loader_nodes` is accepted and runs: encode, sample 2 steps, decode, preview."""
-    tiny, models = write_family(family)
-    for folder, path in tiny.paths(models).items():
-        link = comfy.models_dir / folder / path.name
-        link.parent.mkdir(parents=True, exist_ok=True)
-        if not link.exists():
-            link.symlink_to(path)
+    tiny = tiny_family(family)
     workflow, model, clip, vae = tiny.loader_nodes("tiny_")
     empty = "EmptySD3LatentImage" if family == "sd3" else "EmptyLatentImage"
     workflow.update(
