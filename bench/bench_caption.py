@@ -18,9 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lora_train import devhost
-from lora_train.caption import CaptionConfig, caption_images, load_vocabulary, text_embeddings
-from lora_train.captioners.hf_clip import load_hf_clip
+from lora_train.dataset.autolabel import CaptionConfig, caption_images, load_vocabulary, text_embeddings
+from lora_train.dataset.captioners.hf_clip import load_hf_clip
+from lora_train.dev import host_builder
 
 
 def write_vit_l(folder: Path, tokenizer_dir: Path) -> Path:
@@ -57,9 +57,9 @@ def main() -> int:
     import torch
     from PIL import Image
 
-    from lora_train.captioners.tiny_clip import write_tiny_hf_clip
+    from lora_train.dev.tiny_clip import write_tiny_hf_clip
 
-    tokenizer_dir = devhost.setup_host().comfyui / "comfy" / "sd1_tokenizer"
+    tokenizer_dir = host_builder.setup_host().comfyui / "comfy" / "sd1_tokenizer"
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "clip"
         if args.size == "tiny":

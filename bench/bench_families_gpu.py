@@ -15,7 +15,7 @@ model while it trains, and the adapters' dtype. Targets (a 12 GB / 24 GB card ho
 
 Weights are seeded random values made straight on the device, tensor by tensor, in the stored dtype (no file is
 written), and go through ComfyUI's own UNet loader path (comfy.sd.load_diffusion_model_state_dict: detection,
-dtype choice, manual-cast ops), which must detect them as SDXL / Flux. Training is lora_train.train.train_lora
+dtype choice, manual-cast ops), which must detect them as SDXL / Flux. Training is lora_train.training.train_lora
 through ComfyHost's session on random latents (128x128 at 1024 px; 4 channels SDXL, 16 Flux) and random
 text-encoder outputs of the real widths (SDXL: context [1, 77, 2048] + pooled 1280, with the size conditioning
 from the model's own extra_conds; Flux: T5-width context [1, 512, 4096] + pooled 768, guidance 1.0; no text
@@ -29,7 +29,8 @@ gradient checkpointing on, AdamW.
 Expected on one H200: ~2-4 minutes for the two default cases (per process: import, random weights and the load
 ~30-60 s, then 12 steps of ~0.3-0.5 s SDXL, ~1-2 s Flux; each case is stopped after --case-timeout, 270 s).
 Run it with a Python that has torch and ComfyUI's requirements; ComfyUI is found from
---comfyui, $COMFYUI_PATH, or this repo's dev host (lora_train.devhost). Prints one JSON line per case, then a table.
+--comfyui, $COMFYUI_PATH, or this repo's dev host (lora_train.dev.host_builder).
+Prints one JSON line per case, then a table.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ from dataclasses import dataclass
 import torch
 from bench_train_gpu import SEED, _comfyui, _memory, _reset_peak, _sync, bench_settings
 
-from lora_train.host.tiny_models import TINY_FLUX, TINY_SDXL_UNET
+from lora_train.dev.tiny_models import TINY_FLUX, TINY_SDXL_UNET
 
 # Full SDXL (ComfyUI's model_detection SDXL config); the tiny one is the smallest ComfyUI still detects as SDXL.
 FULL_SDXL_UNET = {
@@ -191,10 +192,10 @@ def worker(case: Case, sizes: dict, steps: int, warmup: int) -> dict:
     """Build and load the case's model, train it with our core, measure."""
     import comfy.model_management as mm
 
-    from lora_train.config import TrainConfig
-    from lora_train.data import dataset_from_images
+    from lora_train.dataset.loading import dataset_from_images
     from lora_train.host.comfy_adapter import ComfyHost
-    from lora_train.train import Example, train_lora
+    from lora_train.training.config import TrainConfig
+    from lora_train.training import Example, train_lora
 
     device = mm.get_torch_device()
     started = time.perf_counter()

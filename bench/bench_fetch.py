@@ -24,7 +24,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from lora_train.devhttp import FaultServer, Route, write_big_safetensors  # noqa: E402
+from lora_train.dev.http_server import FaultServer, Route, write_big_safetensors  # noqa: E402
 from lora_train.fetch import FetchConfig, fetch_lora  # noqa: E402
 
 NAME = "bench.safetensors"

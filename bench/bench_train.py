@@ -70,11 +70,11 @@ def _load(comfyui: str, dataset_dir: str):
     import comfy.sd
     import torch
 
-    from lora_train import devhost
-    from lora_train.data import load_dataset
-    from lora_train.host.tiny_models import TINY_SD15_NAME
+    from lora_train.dataset.loading import load_dataset
+    from lora_train.dev import host_builder
+    from lora_train.dev.tiny_models import TINY_SD15_NAME
 
-    checkpoint = devhost.cache_dir() / "models" / "checkpoints" / TINY_SD15_NAME
+    checkpoint = host_builder.cache_dir() / "models" / "checkpoints" / TINY_SD15_NAME
     with torch.inference_mode():
         model, clip, vae = comfy.sd.load_checkpoint_guess_config(str(checkpoint))[:3]
     return model, clip, vae, load_dataset(dataset_dir)
@@ -85,9 +85,9 @@ def worker_ours(comfyui: str, dataset_dir: str, steps: int, settings: dict) -> t
 
     import torch
 
-    from lora_train.config import TrainConfig
     from lora_train.host.comfy_adapter import ComfyHost
-    from lora_train.train import train_lora
+    from lora_train.training.config import TrainConfig
+    from lora_train.training import train_lora
 
     model, clip, vae, dataset = _load(comfyui, dataset_dir)
     cfg = TrainConfig.from_dict(
@@ -187,16 +187,16 @@ def main() -> int:
         print(json.dumps({"seconds": seconds, "peak_rss_mb": extra_mb}))
         return 0
 
-    from lora_train import devhost
+    from lora_train.dev import host_builder
 
-    host = devhost.setup_host()
+    host = host_builder.setup_host()
     if Path(sys.executable).absolute() != host.python.absolute():  # run the orchestrator in the host venv too
         os.execv(str(host.python), [str(host.python), __file__, *sys.argv[1:]])
-    from lora_train.synthetic import write_style_dataset
+    from lora_train.dev.synthetic import write_style_dataset
 
-    if not (devhost.cache_dir() / "models" / "checkpoints").is_dir():
+    if not (host_builder.cache_dir() / "models" / "checkpoints").is_dir():
         subprocess.run([sys.executable, "tests/run.py", "tests/host/test_wiring.py", "-q"], cwd=REPO, check=True)
-    dataset_dir = str(write_style_dataset(devhost.cache_dir() / "bench_dataset"))
+    dataset_dir = str(write_style_dataset(host_builder.cache_dir() / "bench_dataset"))
     per_step: dict[str, list[float]] = {name: [] for name in PEERS}
     peaks: dict[str, list[float]] = {name: [] for name in PEERS}
     for round_index in range(args.rounds):

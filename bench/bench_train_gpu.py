@@ -14,7 +14,7 @@ the built-in node, which reports no steps, is (T(2n) - T(n)) / n, so its set-up 
     python bench/bench_train_gpu.py --tiny --cpu      # smoke check: tiny UNet, 64 px, a few steps, on the CPU
 
 Run it with a Python that has torch and ComfyUI's requirements; ComfyUI is found from --comfyui, $COMFYUI_PATH,
-or this repo's dev host (lora_train.devhost).
+or this repo's dev host (lora_train.dev.host_builder).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from lora_train.host.tiny_models import TINY_SD15_UNET  # noqa: E402  (after the repo is importable)
+from lora_train.dev.tiny_models import TINY_SD15_UNET  # noqa: E402  (after the repo is importable)
 
 # SD1.5's UNet in ComfyUI's UNetModel arguments (the tiny one's, at full depth): attention at the first three
 # levels, none at the fourth; UNetModel pops transformer_depth_output from the end.
@@ -80,7 +80,7 @@ def build_model(tiny: bool, device_is_cpu: bool):
     import torch
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
-    from lora_train.host.tiny_models import _init_
+    from lora_train.dev.tiny_models import _init_
 
     config = TINY_SD15_UNET if tiny else FULL_SD15_UNET
     unet = UNetModel(**config, operations=comfy.ops.disable_weight_init)
@@ -122,13 +122,13 @@ def _flops(run_one_step) -> float:
 
 
 def worker_ours(settings: dict, sizes: dict, steps: int, warmup: int) -> dict:
-    """Our loop (lora_train.train.train_lora) through ComfyHost's session, on random encoded inputs."""
+    """Our loop (lora_train.training.train_lora) through ComfyHost's session, on random encoded inputs."""
     import torch
 
-    from lora_train.config import TrainConfig
-    from lora_train.data import dataset_from_images
+    from lora_train.dataset.loading import dataset_from_images
     from lora_train.host.comfy_adapter import ComfyHost
-    from lora_train.train import Example, train_lora
+    from lora_train.training.config import TrainConfig
+    from lora_train.training import Example, train_lora
 
     model, device = _load(sizes)
     latents, contexts = random_inputs(2 * sizes["batch"], sizes["resolution"])
@@ -228,9 +228,9 @@ def run_worker(name: str, args: argparse.Namespace) -> dict:
 def _comfyui(explicit: str | None) -> str:
     if explicit or os.environ.get("COMFYUI_PATH"):
         return explicit or os.environ["COMFYUI_PATH"]
-    from lora_train import devhost
+    from lora_train.dev import host_builder
 
-    return str(devhost.setup_host().comfyui)
+    return str(host_builder.setup_host().comfyui)
 
 
 def report(results: dict[str, dict], sizes: dict, args: argparse.Namespace) -> None:

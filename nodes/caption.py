@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lora_train.caption import CaptionConfig
-from lora_train.data import folder_fingerprint
+from lora_train.dataset import CaptionConfig, folder_fingerprint
 
 from ._ui import DATASET_TYPE
 
@@ -24,8 +23,7 @@ def resolve_clip_path(clip_path: str) -> str:
 
 def graph_encoders(clip_vision, clip):
     """ClipEncoders over connected CLIP_VISION + CLIP, or None when neither is connected."""
-    from lora_train.caption import CaptionError
-    from lora_train.captioners.comfy_clip import comfy_clip_encoders
+    from lora_train.dataset import CaptionError, comfy_clip_encoders
 
     if clip_vision is None and clip is None:
         return None
@@ -80,7 +78,7 @@ class AutoLabelClip:
     def execute(self, folder="", dataset=None, clip_vision=None, clip=None, **widgets):
         import comfy.utils
 
-        from lora_train.caption import CaptionError, auto_label
+        from lora_train.dataset import CaptionError, auto_label
 
         cfg = CaptionConfig.from_dict(widgets)
         cfg = cfg.replace(clip_path=resolve_clip_path(cfg.clip_path))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lora_train.data import DatasetConfig, folder_fingerprint
+from lora_train.dataset import DatasetConfig, folder_fingerprint
 
 from ._ui import DATASET_TYPE, pil_to_image_batch, save_temp_preview
 
@@ -41,7 +41,7 @@ class LoadLoraDataset:
         return folder_fingerprint(path)
 
     def execute(self, **widgets):
-        from lora_train.data import load_dataset, preview_grid
+        from lora_train.dataset import load_dataset, preview_grid
 
         dataset = load_dataset(DatasetConfig.from_dict(widgets))
         grid = preview_grid(dataset, PREVIEW_MAX_IMAGES, PREVIEW_CELL)

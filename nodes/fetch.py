@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from lora_train.fetchconfig import FetchConfig
+from lora_train.fetch import FetchConfig
 
 from ._ui import loras_dir
 

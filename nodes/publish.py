@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-# lora_train.publish is imported inside the functions: ComfyUI times every extension's import at start-up.
+# lora_train.release is imported inside the functions: ComfyUI times every extension's import at start-up.
 RELEASES_SUBDIR = "lora_releases"
 
 
@@ -18,7 +18,7 @@ def resolve_lora(lora_name: str, lora_file: str) -> Path:
     """`lora_file` (a loras-folder name or a full path) wins over the `lora_name` combo."""
     import folder_paths
 
-    from lora_train.publish import PublishError
+    from lora_train.release import PublishError
 
     chosen = (lora_file or "").strip() or lora_name
     if Path(chosen).is_absolute():
@@ -59,7 +59,7 @@ class PublishLoRA:
 
     @classmethod
     def INPUT_TYPES(cls):
-        from lora_train.publish import PublishConfig
+        from lora_train.release import PublishConfig
 
         return {
             "required": {
@@ -79,7 +79,7 @@ class PublishLoRA:
         }
 
     def execute(self, lora_name: str, lora_file: str = "", **widgets):
-        from lora_train.publish import PublishConfig, publish_lora
+        from lora_train.release import PublishConfig, publish_lora
 
         cfg = PublishConfig.from_dict(widgets)
         result = publish_lora(cfg, resolve_lora(lora_name, lora_file), releases_dir(cfg.output_dir))

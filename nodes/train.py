@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from lora_train.config import TrainConfig
+from lora_train.training import TrainConfig
 
 from ._ui import DATASET_TYPE, loras_dir, save_temp_preview
 
@@ -56,10 +56,9 @@ class TrainLoRA:
         }
 
     def execute(self, model, clip, vae, dataset=None, images=None, captions="", unique_id=None, **widgets):
-        from lora_train.data import dataset_from_images
+        from lora_train.dataset import dataset_from_images
         from lora_train.host.comfy_adapter import ComfyHost, apply_lora, send_event_to_client
-        from lora_train.plot import loss_chart
-        from lora_train.train import TrainingError, train_lora
+        from lora_train.training import TrainingError, loss_chart, train_lora
 
         cfg = TrainConfig.from_dict(widgets)
         if dataset is None:

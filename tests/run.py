@@ -13,11 +13,11 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from lora_train import devhost  # noqa: E402
+from lora_train.dev import host_builder  # noqa: E402
 
 
 def main() -> int:
-    host = devhost.setup_host_for_command("the tests")
+    host = host_builder.setup_host_for_command("the tests")
     args = sys.argv[1:] or ["tests"]
     code = subprocess.call([str(host.python), "-m", "pytest", *args], cwd=REPO_ROOT, env={**os.environ})
     if code == 5:

@@ -31,7 +31,8 @@ def find_comfyui(explicit: str | os.PathLike | None = None) -> Path:
     tried = ", ".join(str(p) for p in candidates) or "(nothing)"
     raise ComfyUINotFound(
         f"no ComfyUI found (looked in: {tried}). Pass --comfyui /path/to/ComfyUI, set {ENV_VAR}, or install this "
-        "extension into ComfyUI/custom_nodes/. For a throw-away test host run: python -m lora_train.devhost setup"
+        "extension into ComfyUI/custom_nodes/. For a throw-away test host run: "
+        "python -m lora_train.dev.host_builder setup"
     )
 
 

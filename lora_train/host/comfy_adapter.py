@@ -27,11 +27,18 @@ from typing import Any
 
 import torch
 
-from lora_train.captions import preview_prompts
-from lora_train.config import TrainConfig
-from lora_train.data import LoraDataset, assign_buckets
-from lora_train.latent_cache import LatentCache, image_digest, latent_key, tensors_identity
-from lora_train.train import Example, Progress, TrainingError
+from lora_train.dataset import LoraDataset, assign_buckets
+from lora_train.training import (
+    Example,
+    LatentCache,
+    Progress,
+    TrainConfig,
+    TrainingError,
+    image_digest,
+    latent_key,
+    preview_prompts,
+    tensors_identity,
+)
 
 log = logging.getLogger(__name__)
 

@@ -75,14 +75,14 @@ def build_api(names: list[str]) -> list[str]:
 
 def build_ui(names: list[str]) -> None:
     """Convert the API-format files to UI format in the real frontend of a fresh test host."""
-    from lora_train import devhost
-    from lora_train.devserver import ComfyServer
+    from lora_train.dev import host_builder
+    from lora_train.dev.server import ComfyServer
     from tests.browser.browser import ensure_chromium, frontend, launch
 
     reason = ensure_chromium()
     if reason:
         raise SystemExit(f"cannot convert to UI format: {reason}")
-    host = devhost.setup_host()
+    host = host_builder.setup_host()
     with tempfile.TemporaryDirectory(prefix="lora_examples_") as base:
         server = ComfyServer(host.comfyui, host.python, Path(base))
         with server, launch() as browser, frontend(browser, server.url) as page:

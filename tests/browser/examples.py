@@ -136,8 +136,8 @@ def _checkpoint() -> dict:
 
 def train_lora_from_folder() -> dict:
     """Folder -> Load LoRA Dataset -> Train LoRA -> sample with the LoRA, and the same sample without it."""
-    from lora_train.config import TrainConfig
-    from lora_train.data import DatasetConfig
+    from lora_train.dataset.loading import DatasetConfig
+    from lora_train.training.config import TrainConfig
 
     train = widget_defaults(TrainConfig) | {"output_name": LORA_FILE.removesuffix(".safetensors")}
     prompt = "a lighthouse on a cliff at sunset"
@@ -154,8 +154,8 @@ def train_lora_from_folder() -> dict:
 
 def train_flux_lora() -> dict:
     """Flux dev from its split files (fp8) -> Load LoRA Dataset -> Train LoRA -> Flux sampling with and without."""
-    from lora_train.config import TrainConfig
-    from lora_train.data import DatasetConfig
+    from lora_train.dataset.loading import DatasetConfig
+    from lora_train.training.config import TrainConfig
 
     train = widget_defaults(TrainConfig) | {
         "output_name": "my_flux_lora", "resolution": 1024, "mixed_precision": "bf16", "gradient_checkpointing": True,
@@ -181,7 +181,7 @@ def train_flux_lora() -> dict:
 
 def auto_label_folder() -> dict:
     """Auto-label (CLIP) over a folder, its summary shown as text."""
-    from lora_train.caption import CaptionConfig
+    from lora_train.dataset.autolabel import CaptionConfig
 
     label = {"folder": DATASET_DIR, **widget_defaults(CaptionConfig), "clip_path": CLIP_MODEL}
     return {
@@ -208,7 +208,7 @@ def fetch_lora_and_sample() -> dict:
 
 def publish_lora_release() -> dict:
     """Publish LoRA on a file from the loras folder, the release folder shown as text."""
-    from lora_train.publish import PublishConfig
+    from lora_train.release.publish import PublishConfig
 
     publish = widget_defaults(PublishConfig) | {
         "name": "my_style", "title": "My Style", "description": "A style LoRA trained with LoRA Train.",
@@ -289,8 +289,8 @@ def serve_folder(folder: Path) -> Iterator[str]:
 
 
 def publish_release(lora_path: Path, releases: Path, base_url: str, name: str):
-    """Publish `lora_path` as release `name` into `releases` (served at `base_url`) with lora_train.publish."""
-    from lora_train.publish import PublishConfig, publish_lora
+    """Publish `lora_path` as release `name` into `releases` (served at `base_url`) with lora_train.release."""
+    from lora_train.release.publish import PublishConfig, publish_lora
 
     config = PublishConfig(name=name, trigger_words=["redstyle"], mirrors=[f"{base_url}{name}/"])
     return publish_lora(config, lora_path, releases)

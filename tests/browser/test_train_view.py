@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from lora_train.host.tiny_models import TINY_SD15_NAME
+from lora_train.dev.tiny_models import TINY_SD15_NAME
 from tests.browser import examples
 from tests.browser.browser import frontend
 

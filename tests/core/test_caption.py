@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lora_train import devhost
-from lora_train.caption import (
+from lora_train.dataset.autolabel import (
     CaptionConfig,
     CaptionError,
     ClipEncoders,
@@ -22,9 +21,10 @@ from lora_train.caption import (
     similarities,
     text_embeddings,
 )
-from lora_train.captioners.hf_clip import load_hf_clip
-from lora_train.captioners.tiny_clip import write_tiny_hf_clip
-from lora_train.data import dataset_from_images, load_dataset
+from lora_train.dataset.captioners.hf_clip import load_hf_clip
+from lora_train.dataset.loading import dataset_from_images, load_dataset
+from lora_train.dev import host_builder
+from lora_train.dev.tiny_clip import write_tiny_hf_clip
 from tests.conftest import REPO_ROOT
 
 torch = pytest.importorskip("torch")
@@ -34,7 +34,7 @@ PHRASES = ["red", "green", "blue", "a cat", "a dog", "a tree", "a house", "night
 
 @pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory) -> Path:
-    tokenizer = devhost.setup_host().comfyui / "comfy" / "sd1_tokenizer"
+    tokenizer = host_builder.setup_host().comfyui / "comfy" / "sd1_tokenizer"
     return write_tiny_hf_clip(tmp_path_factory.mktemp("tiny_clip"), tokenizer, seed=3)
 
 

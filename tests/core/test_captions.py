@@ -2,7 +2,7 @@
 
 import torch
 
-from lora_train.captions import kept_tags, preview_prompts, shuffle_tags, split_tags, training_captions
+from lora_train.training.captions import kept_tags, preview_prompts, shuffle_tags, split_tags, training_captions
 
 CAPTION = "mychar, red hair, smiling, outdoors, blue sky, from above"
 

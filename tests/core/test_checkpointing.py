@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from lora_train.checkpointing import checkpoint_units, gradient_checkpointing
+from lora_train.training.checkpointing import checkpoint_units, gradient_checkpointing
 
 
 class _IteratedBlocks(nn.Module):

@@ -8,8 +8,8 @@ import sys
 import pytest
 import yaml
 
-from lora_train.commands.config import ConfigError, RunPaths, build_job, defaults_yaml, load_job
-from lora_train.config import TrainConfig
+from lora_train.cli.config import ConfigError, RunPaths, build_job, defaults_yaml, load_job
+from lora_train.training.config import TrainConfig
 from tests.conftest import REPO_ROOT
 
 ALL_FIELDS = [f for cls in (RunPaths, TrainConfig) for f in dataclasses.fields(cls)]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lora_train.data import (
+from lora_train.dataset.loading import (
     DatasetConfig,
     DatasetError,
     ImageItem,

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save
 
-from lora_train.devhttp import FaultServer, Route
+from lora_train.dev.http_server import FaultServer, Route
 from lora_train.fetch import FetchCancelled, FetchConfig, FetchError, fetch_lora
 
 # S3 says this when a presigned URL is used after X-Amz-Date + X-Amz-Expires.

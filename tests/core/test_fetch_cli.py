@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from lora_train.devhttp import Route
+from lora_train.dev.http_server import Route
 from tests.conftest import REPO_ROOT
 from tests.core.test_fetch import make_lora, sha
 

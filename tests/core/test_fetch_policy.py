@@ -8,9 +8,9 @@ import logging
 
 import pytest
 
-from lora_train.devhttp import FaultServer, Route
+from lora_train.dev.http_server import FaultServer, Route
 from lora_train.fetch import FetchConfig, FetchError, fetch_lora
-from lora_train.netpolicy import address_refusal, expand_hf, hf_endpoints, redact_url, signed_url_expiry
+from lora_train.fetch.netpolicy import address_refusal, expand_hf, hf_endpoints, redact_url, signed_url_expiry
 from tests.core.test_fetch import files_in, make_lora, sha
 
 pytest_plugins = ["tests.core.test_fetch"]  # server, lora, loras, make_cfg fixtures

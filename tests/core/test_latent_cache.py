@@ -4,8 +4,8 @@ damage-tolerant."""
 import torch
 from PIL import Image
 
-from lora_train.data import ImageItem
-from lora_train.latent_cache import LatentCache, cache_folder, image_digest, latent_key, tensors_identity
+from lora_train.dataset.loading import ImageItem
+from lora_train.training.latent_cache import LatentCache, cache_folder, image_digest, latent_key, tensors_identity
 
 KEY = dict(image_sha256="a" * 64, bucket=(512, 512), vae_identity="v1")
 

@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from lora_train.data import ImageItem, LoraDataset
-from lora_train.lora_io import (
+from lora_train.dataset.loading import ImageItem, LoraDataset
+from lora_train.safetensors_file import read_header
+from lora_train.training.lora_io import (
     CONFIG_KEY,
     DatasetInfo,
     LoraFileError,
@@ -16,7 +17,6 @@ from lora_train.lora_io import (
     load_lora,
     save_lora,
 )
-from lora_train.safetensors_file import read_header
 
 
 def tensors() -> dict[str, torch.Tensor]:

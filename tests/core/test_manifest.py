@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from lora_train.manifest import (
+from lora_train.release.manifest import (
     SCHEMA_ID,
     SCHEMA_PATH,
     Manifest,

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lora_train.network import (
+from lora_train.training.networks.adapter_set import (
     NETWORKS,
     AdapterSet,
     AdapterSpec,

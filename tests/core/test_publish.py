@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save, save_file
 
-from lora_train.manifest import SCHEMA_PATH, load_manifest, validate_manifest
-from lora_train.publish import PublishConfig, PublishError, check_name, publish_lora
+from lora_train.release.manifest import SCHEMA_PATH, load_manifest, validate_manifest
+from lora_train.release.publish import PublishConfig, PublishError, check_name, publish_lora
 from lora_train.safetensors_file import read_header
 from tests.conftest import REPO_ROOT
 

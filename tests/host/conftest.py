@@ -1,4 +1,4 @@
-"""Fixtures that run a real ComfyUI (the pinned host from lora_train.devhost) with this extension linked in."""
+"""Fixtures that run a real ComfyUI (the pinned host, lora_train.dev.host_builder) with this extension linked in."""
 
 from __future__ import annotations
 
@@ -8,21 +8,21 @@ from pathlib import Path
 
 import pytest
 
-from lora_train import devhost
-from lora_train.devserver import ComfyServer
-from lora_train.host.tiny_models import TINY_SD15_NAME
+from lora_train.dev import host_builder
+from lora_train.dev.server import ComfyServer
+from lora_train.dev.tiny_models import TINY_SD15_NAME
 
 
 @pytest.fixture(scope="session")
-def host() -> devhost.Host:
+def host() -> host_builder.Host:
     """The pinned ComfyUI tree and venv (built on first use, seconds afterwards)."""
-    return devhost.setup_host()
+    return host_builder.setup_host()
 
 
 @pytest.fixture(scope="session")
-def tiny_models_dir(host: devhost.Host) -> Path:
+def tiny_models_dir(host: host_builder.Host) -> Path:
     """Cached folder holding `checkpoints/tiny_sd15.safetensors`, generated once from a fixed seed."""
-    models = devhost.cache_dir() / "models"
+    models = host_builder.cache_dir() / "models"
     if not (models / "checkpoints" / TINY_SD15_NAME).is_file():
         subprocess.run(
             [
@@ -30,8 +30,8 @@ def tiny_models_dir(host: devhost.Host) -> Path:
                 "-c",
                 "import sys; sys.path.insert(0, sys.argv[1]);"
                 "from lora_train.host.bootstrap import import_comfy; import_comfy(sys.argv[2]);"
-                "from lora_train.host.tiny_models import write_tiny_sd15; write_tiny_sd15(sys.argv[3])",
-                str(devhost.REPO_ROOT),
+                "from lora_train.dev.tiny_models import write_tiny_sd15; write_tiny_sd15(sys.argv[3])",
+                str(host_builder.REPO_ROOT),
                 str(host.comfyui),
                 str(models),
             ],
@@ -94,7 +94,7 @@ def tiny_checkpoint(comfy_lib, tiny_models_dir):
     import comfy.sd
     import torch
 
-    from lora_train.host.tiny_models import TINY_SD15_NAME
+    from lora_train.dev.tiny_models import TINY_SD15_NAME
 
     with torch.inference_mode():  # as CheckpointLoaderSimple runs in the server: weights are inference tensors
         out = comfy.sd.load_checkpoint_guess_config(str(tiny_models_dir / "checkpoints" / TINY_SD15_NAME))
@@ -104,13 +104,13 @@ def tiny_checkpoint(comfy_lib, tiny_models_dir):
 @pytest.fixture(scope="session")
 def family_models(comfy_lib) -> Path:
     """The cached models folder, where `tiny_family` writes the other families' tiny models (once, seeded)."""
-    return devhost.cache_dir() / "models"
+    return host_builder.cache_dir() / "models"
 
 
 @pytest.fixture(scope="session")
 def tiny_family(comfy, family_models):
     """Factory: family name -> its TinyModel, written if missing and linked into the shared server's models."""
-    from lora_train.host.tiny_models import write_tiny
+    from lora_train.dev.tiny_models import write_tiny
 
     def get(family: str):
         tiny = write_tiny(family, family_models)
@@ -127,6 +127,6 @@ def tiny_family(comfy, family_models):
 @pytest.fixture(scope="session")
 def style_dataset_dir(tmp_path_factory):
     """8 generated 64-px red-style images with `.txt` captions."""
-    from lora_train.synthetic import write_style_dataset
+    from lora_train.dev.synthetic import write_style_dataset
 
     return write_style_dataset(tmp_path_factory.mktemp("style_data"))

@@ -2,7 +2,7 @@
 
 import pytest
 
-from lora_train.workflows import smoke_workflow, train_and_sample
+from lora_train.dev.workflows import smoke_workflow, train_and_sample
 
 pytestmark = pytest.mark.host
 

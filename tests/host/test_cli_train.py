@@ -6,7 +6,7 @@ import shutil
 import pytest
 from safetensors import safe_open
 
-from lora_train.host.tiny_models import TINY_SD15_NAME
+from lora_train.dev.tiny_models import TINY_SD15_NAME
 from tests.cli import run_cli, write_config
 
 pytestmark = pytest.mark.host
@@ -87,8 +87,8 @@ def test_a_missing_base_model_and_a_missing_comfyui_are_named(host, tmp_path, sm
 def test_base_model_by_name_is_found_in_comfyuis_checkpoints_folder(comfy_lib, tiny_models_dir, tmp_path):
     import folder_paths
 
-    from lora_train.commands.config import ConfigError
-    from lora_train.commands.train import resolve_base_model
+    from lora_train.cli.config import ConfigError
+    from lora_train.cli.train import resolve_base_model
 
     folder = tmp_path / "more_checkpoints"
     folder.mkdir()

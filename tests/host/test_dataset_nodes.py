@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lora_train.devserver import WorkflowError
+from lora_train.dev.server import WorkflowError
 
 pytestmark = pytest.mark.host
 torch = pytest.importorskip("torch")
@@ -22,7 +22,7 @@ PHRASES = ["red", "green", "blue", "a cat", "a dog", "a tree", "a house", "night
 
 @pytest.fixture(scope="module")
 def clip_dir(host, tmp_path_factory) -> Path:
-    from lora_train.captioners.tiny_clip import write_tiny_hf_clip
+    from lora_train.dev.tiny_clip import write_tiny_hf_clip
 
     return write_tiny_hf_clip(tmp_path_factory.mktemp("tiny_clip"), host.comfyui / "comfy" / "sd1_tokenizer", seed=3)
 
@@ -75,7 +75,7 @@ def workflow(folder: Path, clip_path: str, **label) -> dict:
 
 
 def test_load_dataset_then_auto_label_writes_metadata_csv(comfy, clip_dir, tmp_path):
-    from lora_train.data import load_dataset
+    from lora_train.dataset.loading import load_dataset
 
     folder = tmp_path / "dataset"
     (folder / "5_style").mkdir(parents=True)
@@ -162,9 +162,9 @@ def comfy_towers(comfy, clip_dir: Path, tmp_path: Path, vision_projection: int |
 def test_graph_clip_matches_transformers_and_encode_from_tokens_is_unprojected(comfy_lib, clip_dir, tmp_path):
     from transformers import CLIPModel, CLIPTokenizer
 
-    from lora_train.caption import CaptionConfig, caption_images
-    from lora_train.captioners.comfy_clip import comfy_clip_encoders
-    from lora_train.captioners.hf_clip import load_hf_clip
+    from lora_train.dataset.autolabel import CaptionConfig, caption_images
+    from lora_train.dataset.captioners.comfy_clip import comfy_clip_encoders
+    from lora_train.dataset.captioners.hf_clip import load_hf_clip
 
     clip_vision, clip = comfy_towers(comfy_lib, clip_dir, tmp_path)
     graph = comfy_clip_encoders(clip_vision, clip)
@@ -189,8 +189,8 @@ def test_graph_clip_matches_transformers_and_encode_from_tokens_is_unprojected(c
 
 
 def test_graph_clip_refuses_mismatched_widths_and_missing_projection(comfy_lib, clip_dir, tmp_path):
-    from lora_train.caption import CaptionError
-    from lora_train.captioners.comfy_clip import comfy_clip_encoders
+    from lora_train.dataset.autolabel import CaptionError
+    from lora_train.dataset.captioners.comfy_clip import comfy_clip_encoders
 
     clip_vision, clip = comfy_towers(comfy_lib, clip_dir, tmp_path, vision_projection=16)
     with pytest.raises(CaptionError, match=r"16-wide image embeddings .* clip_l \(32\).*ViT-H/14 vision \(1024"):
@@ -203,9 +203,9 @@ def test_graph_clip_refuses_mismatched_widths_and_missing_projection(comfy_lib, 
 
 
 def test_sd15_checkpoint_clip_without_projection_is_refused(comfy_lib, clip_dir, tiny_models_dir, tmp_path):
-    from lora_train.caption import CaptionError
-    from lora_train.captioners.comfy_clip import comfy_clip_encoders
-    from lora_train.host.tiny_models import TINY_SD15_NAME
+    from lora_train.dataset.autolabel import CaptionError
+    from lora_train.dataset.captioners.comfy_clip import comfy_clip_encoders
+    from lora_train.dev.tiny_models import TINY_SD15_NAME
 
     checkpoint = tiny_models_dir / "checkpoints" / TINY_SD15_NAME
     _, clip, *_ = comfy_lib.sd.load_checkpoint_guess_config(str(checkpoint), output_vae=False, output_clipvision=False)
@@ -215,8 +215,8 @@ def test_sd15_checkpoint_clip_without_projection_is_refused(comfy_lib, clip_dir,
 
 
 def test_load_dataset_auto_label_then_train_lora_in_one_graph(comfy, clip_dir, tmp_path):
-    from lora_train.lora_io import load_lora
-    from lora_train.workflows import CKPT, train_settings
+    from lora_train.dev.workflows import CKPT, train_settings
+    from lora_train.training.lora_io import load_lora
 
     folder = tmp_path / "unlabelled"
     folder.mkdir()

@@ -8,9 +8,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lora_train.data import load_dataset
-from lora_train.distributed import SINGLE_PROCESS, Distributed, DistributedError, from_environment
-from lora_train.host.tiny_models import TINY_SD15_NAME
+from lora_train.dataset.loading import load_dataset
+from lora_train.dev.tiny_models import TINY_SD15_NAME
+from lora_train.training.distributed import SINGLE_PROCESS, Distributed, DistributedError, from_environment
 from tests.conftest import REPO_ROOT
 
 pytestmark = pytest.mark.host
@@ -53,7 +53,7 @@ GRADIENT_WORKER = """
 import os, sys
 import torch
 sys.path.insert(0, sys.argv[1])
-from lora_train.distributed import from_environment
+from lora_train.training.distributed import from_environment
 
 dist = from_environment()
 torch.distributed.init_process_group("gloo")
@@ -87,9 +87,9 @@ def test_gradients_averaged_over_two_gloo_ranks_equal_the_full_batch_gradient(ho
 
 
 def _train_in_process(tiny_checkpoint, data, out, **changes):
-    from lora_train.commands.config import load_job
+    from lora_train.cli.config import load_job
     from lora_train.host.comfy_adapter import ComfyHost
-    from lora_train.train import train_lora
+    from lora_train.training import train_lora
 
     job = load_job(None, [f"{k}={v}" for k, v in {**JOB, **changes}.items()])
     model, clip, vae = tiny_checkpoint

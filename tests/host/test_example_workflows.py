@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lora_train.host.tiny_models import TINY_SD15_NAME
+from lora_train.dev.tiny_models import TINY_SD15_NAME
 from tests.browser import examples
 
 pytestmark = pytest.mark.host
@@ -61,8 +61,8 @@ def test_train_example_trains_and_samples_with_and_without_the_lora(comfy, train
 
 
 def test_auto_label_example_writes_a_caption_for_every_image(comfy, host, style_dataset_dir, tmp_path):
-    from lora_train.captioners.tiny_clip import write_tiny_hf_clip
-    from lora_train.data import load_dataset
+    from lora_train.dataset.loading import load_dataset
+    from lora_train.dev.tiny_clip import write_tiny_hf_clip
 
     folder = tmp_path / "uncaptioned"
     folder.mkdir()
@@ -80,7 +80,7 @@ def test_auto_label_example_writes_a_caption_for_every_image(comfy, host, style_
 
 
 def test_publish_example_makes_a_versioned_release(comfy, trained):
-    from lora_train.manifest import load_manifest
+    from lora_train.release.manifest import load_manifest
 
     result = run_example(comfy, "publish_lora_release", {})
     release = Path(result.outputs["2"]["text"][0])

@@ -13,12 +13,12 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
-from lora_train.config import TrainConfig
-from lora_train.data import load_dataset
+from lora_train.dataset.loading import load_dataset
+from lora_train.dev.tiny_models import write_tiny
+from lora_train.dev.workflows import lora_loader_sample, train_and_sample
 from lora_train.host.comfy_adapter import ComfyHost
-from lora_train.host.tiny_models import write_tiny
-from lora_train.train import TrainingError, train_lora
-from lora_train.workflows import lora_loader_sample, train_and_sample
+from lora_train.training import TrainingError, train_lora
+from lora_train.training.config import TrainConfig
 from tests.cli import run_cli, write_config
 
 pytestmark = pytest.mark.host

@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 from safetensors.numpy import save
 
-from lora_train.devhttp import FaultServer, Route
-from lora_train.devserver import WorkflowError
+from lora_train.dev.http_server import FaultServer, Route
+from lora_train.dev.server import WorkflowError
 from lora_train.fetch import FetchConfig
 
 pytestmark = pytest.mark.host

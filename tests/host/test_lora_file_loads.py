@@ -13,10 +13,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from lora_train import devhost
-from lora_train.host.tiny_models import TINY_SD15_NAME
-from lora_train.lora_io import build_metadata, save_lora
-from lora_train.network import NETWORKS, AdapterSet, AdapterSpec, find_targets, kohya_unet_prefix
+from lora_train.dev import host_builder
+from lora_train.dev.tiny_models import TINY_SD15_NAME
+from lora_train.training.lora_io import build_metadata, save_lora
+from lora_train.training.networks.adapter_set import NETWORKS, AdapterSet, AdapterSpec, find_targets, kohya_unet_prefix
 
 pytestmark = pytest.mark.host
 
@@ -167,7 +167,7 @@ def test_comfyui_merge_equals_the_weights_our_hooks_train(host, tiny_unet, tmp_p
                       "paths": adapters.prefixes, "strength": STRENGTH})  # fmt: skip
     cases_path = tmp_path / "cases.json"
     cases_path.write_text(json.dumps(cases))
-    done = subprocess.run([str(host.python), "-c", COMFY_MERGE, str(devhost.REPO_ROOT), str(host.comfyui),
+    done = subprocess.run([str(host.python), "-c", COMFY_MERGE, str(host_builder.REPO_ROOT), str(host.comfyui),
                            str(cases_path)], capture_output=True, text=True)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert NOT_LOADED not in done.stderr + done.stdout

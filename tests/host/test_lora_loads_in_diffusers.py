@@ -5,11 +5,11 @@ import logging
 import pytest
 import torch
 
-from lora_train.config import TrainConfig
-from lora_train.data import load_dataset
+from lora_train.dataset.loading import load_dataset
 from lora_train.host.comfy_adapter import ComfyHost
-from lora_train.lora_io import load_lora
-from lora_train.train import train_lora
+from lora_train.training import train_lora
+from lora_train.training.config import TrainConfig
+from lora_train.training.lora_io import load_lora
 
 pytestmark = pytest.mark.host
 
@@ -75,7 +75,7 @@ def test_trained_lora_loads_in_diffusers_with_no_leftover_keys(tiny_checkpoint, 
 
 # ---- SD3 (diffusers PEFT keys) and Flux (kohya keys with BFL names) -------------------------------------------
 def _tiny_diffusers_transformer(family: str):
-    """diffusers' transformer with the tiny family model's layout (lora_train.host.tiny_models)."""
+    """diffusers' transformer with the tiny family model's layout (lora_train.dev.tiny_models)."""
     if family == "sd3":  # MMDiT depth 2: hidden 128, 2 heads of 64, T5-width context, CLIP-L+G pooled width
         from diffusers import SD3Transformer2DModel
 
@@ -113,10 +113,10 @@ def test_flow_family_loras_load_in_diffusers_into_every_layer(comfy_lib, style_d
     from diffusers import FluxPipeline, StableDiffusion3Pipeline
     from peft.tuners.lora import LoraLayer
 
-    from lora_train import devhost
-    from lora_train.host.tiny_models import write_tiny
+    from lora_train.dev import host_builder
+    from lora_train.dev.tiny_models import write_tiny
 
-    models = devhost.cache_dir() / "models"
+    models = host_builder.cache_dir() / "models"
     model, clip, vae = write_tiny(family, models).load(models)
     cfg = TrainConfig.from_dict(
         {"rank": 4, "alpha": 2, "steps": 1, "batch_size": 1, "resolution": 64, "output_name": family}

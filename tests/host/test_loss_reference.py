@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from lora_train.losses import diffusion_batch, is_flow, min_snr_weight, sample_sigmas, training_loss
+from lora_train.training.losses import diffusion_batch, is_flow, min_snr_weight, sample_sigmas, training_loss
 
 pytestmark = pytest.mark.host
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lora_train.devserver import WorkflowError
-from lora_train.manifest import load_manifest
-from lora_train.publish import PublishConfig
+from lora_train.dev.server import WorkflowError
+from lora_train.release.manifest import load_manifest
+from lora_train.release.publish import PublishConfig
 from tests.core.test_publish import make_lora
 
 pytestmark = pytest.mark.host

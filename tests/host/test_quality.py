@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from lora_train.config import TrainConfig
-from lora_train.data import load_dataset
+from lora_train.dataset.loading import load_dataset
 from lora_train.host.comfy_adapter import ComfyHost, apply_lora
-from lora_train.train import train_lora
+from lora_train.training import train_lora
+from lora_train.training.config import TrainConfig
 
 pytestmark = [pytest.mark.host, pytest.mark.slow]
 SEEDS = (0, 1, 2)

@@ -5,11 +5,11 @@ import pytest
 import torch
 from PIL import Image
 
-from lora_train.captions import split_tags
-from lora_train.config import TrainConfig
-from lora_train.data import dataset_from_images, load_dataset
+from lora_train.dataset.loading import dataset_from_images, load_dataset
 from lora_train.host.comfy_adapter import ComfyHost
-from lora_train.train import train_lora
+from lora_train.training import train_lora
+from lora_train.training.captions import split_tags
+from lora_train.training.config import TrainConfig
 
 pytestmark = pytest.mark.host
 
@@ -88,7 +88,7 @@ def test_previews_sample_with_the_lora_attached(tiny_checkpoint, style_dataset_d
 def test_train_lora_node_sends_preview_events_and_writes_the_files(comfy, style_dataset_dir):
     import io
 
-    from lora_train.workflows import train_and_sample
+    from lora_train.dev.workflows import train_and_sample
 
     workflow = train_and_sample(
         str(style_dataset_dir), steps=4, sample_every=3, sample_steps=2, output_name="previewed"
@@ -236,9 +236,9 @@ def test_a_full_disk_during_a_save_keeps_the_last_good_save_and_no_temp_files(
 
     from safetensors.torch import load_file
 
-    import lora_train.lora_io
+    import lora_train.training.lora_io
     from lora_train.fsutil import atomic_write
-    from lora_train.train import TrainingError
+    from lora_train.training import TrainingError
 
     written: list[bytes] = []
 
@@ -250,7 +250,7 @@ def test_a_full_disk_during_a_save_keeps_the_last_good_save_and_no_temp_files(
             handle.write(data)
         written.append(data)
 
-    monkeypatch.setattr(lora_train.lora_io, "atomic_write_bytes", fills_the_disk_on_the_second_save)
+    monkeypatch.setattr(lora_train.training.lora_io, "atomic_write_bytes", fills_the_disk_on_the_second_save)
     with pytest.raises(TrainingError, match=r"could not write .*: the disk is full.* real_s000001\.safetensors is"):
         _train(tiny_checkpoint, load_dataset(style_dataset_dir), tmp_path, steps=steps, save_steps=1)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["real.lora_state", "real_s000001.safetensors"]
@@ -259,7 +259,7 @@ def test_a_full_disk_during_a_save_keeps_the_last_good_save_and_no_temp_files(
 
 
 def test_cli_runs_reuse_the_latent_cache_and_write_previews(host, tmp_path, tiny_models_dir, style_dataset_dir):
-    from lora_train.host.tiny_models import TINY_SD15_NAME
+    from lora_train.dev.tiny_models import TINY_SD15_NAME
     from tests.cli import run_cli, write_config
 
     out = tmp_path / "out"

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lora_train.devhttp import FaultServer, Route
-from lora_train.fetchconfig import FetchConfig
-from lora_train.publish import PublishConfig, publish_lora
-from lora_train.workflows import CKPT, lora_loader_sample, sample_nodes, train_and_sample
+from lora_train.dev.http_server import FaultServer, Route
+from lora_train.dev.workflows import CKPT, lora_loader_sample, sample_nodes, train_and_sample
+from lora_train.fetch.config import FetchConfig
+from lora_train.release.publish import PublishConfig, publish_lora
 
 pytestmark = pytest.mark.host
 EXPIRED = (403, {"Content-Type": "application/xml"}, b"<Error><Code>AccessDenied</Code>Request has expired</Error>")

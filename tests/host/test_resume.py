@@ -8,8 +8,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lora_train.host.tiny_models import TINY_SD15_NAME
-from lora_train.resume import ResumeError, load_state
+from lora_train.dev.tiny_models import TINY_SD15_NAME
+from lora_train.training.resume import ResumeError, load_state
 from tests.cli import run_cli, write_config
 from tests.conftest import REPO_ROOT
 

@@ -6,8 +6,8 @@ import socket
 
 import pytest
 
-from lora_train.devserver import ComfyServer, ServerError
-from lora_train.workflows import smoke_workflow
+from lora_train.dev.server import ComfyServer, ServerError
+from lora_train.dev.workflows import smoke_workflow
 
 pytestmark = pytest.mark.host
 

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from lora_train.host.tiny_models import FAMILIES, TinyModel, tiny_model, write_tiny
+from lora_train.dev.tiny_models import FAMILIES, TinyModel, tiny_model, write_tiny
 
 pytestmark = pytest.mark.host
 

@@ -6,10 +6,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lora_train.config import TrainConfig
-from lora_train.data import LoraDataset, load_dataset
+from lora_train.dataset.loading import LoraDataset, load_dataset
 from lora_train.host.comfy_adapter import ComfyHost, apply_lora
-from lora_train.train import TrainingError, train_lora
+from lora_train.training import TrainingError, train_lora
+from lora_train.training.config import TrainConfig
 
 pytestmark = pytest.mark.host
 
@@ -114,7 +114,7 @@ def test_empty_dataset_and_missing_captions_are_refused_before_work(tiny_checkpo
     model, clip, vae = tiny_checkpoint
     with pytest.raises(TrainingError, match="dataset is empty"):
         _train(model, clip, vae, LoraDataset(items=[], root=tmp_path), tmp_path)
-    from lora_train.data import dataset_from_images
+    from lora_train.dataset.loading import dataset_from_images
 
     no_captions = dataset_from_images(torch.rand(2, 64, 64, 3), [""])
     with pytest.raises(TrainingError, match="no caption"):
@@ -151,7 +151,7 @@ def test_non_finite_loss_stops_training_and_keeps_the_last_good_save(tiny_checkp
         train_lora(cfg, load_dataset(style_dataset_dir), _PoisonedHost(model, clip, vae), tmp_path)
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == ["nan.lora_state", "nan_s000001.safetensors", "nan_s000002.safetensors"], names
-    from lora_train.resume import load_state
+    from lora_train.training.resume import load_state
 
     assert load_state(tmp_path / "nan.lora_state").step == 2, "the resume state must be the last good step"
 
@@ -241,7 +241,7 @@ def _cancelled_run(model, clip, vae, dataset, out, **overrides):
 
 
 def test_cancel_leaves_a_state_the_next_run_resumes_from(tiny_checkpoint, style_dataset_dir, tmp_path):
-    from lora_train.resume import load_state
+    from lora_train.training.resume import load_state
 
     model, clip, vae = tiny_checkpoint
     dataset = load_dataset(style_dataset_dir)
@@ -255,7 +255,7 @@ def test_cancel_leaves_a_state_the_next_run_resumes_from(tiny_checkpoint, style_
 
 
 def test_resume_with_a_changed_rank_is_refused_naming_the_setting(tiny_checkpoint, style_dataset_dir, tmp_path):
-    from lora_train.resume import ResumeError
+    from lora_train.training.resume import ResumeError
 
     model, clip, vae = tiny_checkpoint
     dataset = load_dataset(style_dataset_dir)
@@ -273,7 +273,7 @@ def test_keep_last_prunes_old_intermediate_saves(tiny_checkpoint, style_dataset_
 
 
 def test_resume_state_from_another_base_model_is_refused(tiny_checkpoint, style_dataset_dir, tmp_path):
-    from lora_train.resume import ResumeError
+    from lora_train.training.resume import ResumeError
 
     model, clip, vae = tiny_checkpoint
     dataset = load_dataset(style_dataset_dir)
@@ -289,7 +289,7 @@ def test_resume_state_from_another_base_model_is_refused(tiny_checkpoint, style_
 def test_mixed_sizes_train_in_their_own_buckets_under_autocast(tiny_checkpoint, tmp_path, precision):
     from PIL import Image
 
-    from lora_train.synthetic import style_image
+    from lora_train.dev.synthetic import style_image
 
     folder = tmp_path / "mixed"
     folder.mkdir()

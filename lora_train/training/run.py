@@ -1,0 +1,113 @@
+"""The mutable pieces of one run (adapters, optimizer, schedule, scaler, random streams, data order, step) and the
+resumable state they make: built fresh, snapshotted on save or interrupt, restored on resume."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from lora_train.training.batches import BatchOrder
+from lora_train.training.config import TrainConfig
+from lora_train.training.host_api import TrainingError, TrainingSession
+from lora_train.training.networks import AdapterSet, AdapterSpec, find_targets
+from lora_train.training.optim import make_optimizer, make_scheduler
+from lora_train.training.resume import ResumeState
+from lora_train.training.targets import target_filter
+
+
+@dataclass
+class Run:
+    """The mutable pieces of one run (what a resume state captures)."""
+
+    adapter_sets: list[AdapterSet]
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: Any
+    generator: torch.Generator
+    order: BatchOrder
+    base_model: str = ""  # the session's fingerprint: a resume state only continues on the same model
+    step: int = 0
+    history: list[tuple[int, float]] = field(default_factory=list)
+
+    @property
+    def params(self) -> list[torch.nn.Parameter]:
+        return [p for group in self.optimizer.param_groups for p in group["params"]]
+
+    def lora_tensors(self) -> dict[str, torch.Tensor]:
+        return lora_state_dict(self.adapter_sets)
+
+    def stream_state(self) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """The random streams and data order right now (cheap: two small tensors and a list of index lists)."""
+        return self.generator.get_state(), torch.get_rng_state(), self.order.state_dict()
+
+    def snapshot(self, cfg: TrainConfig, streams: tuple | None = None) -> ResumeState:
+        """The resumable state at this step; `streams` from `stream_state()` rewinds the random draws."""
+        generator_state, torch_rng_state, order = streams or self.stream_state()
+        return ResumeState(
+            step=self.step,
+            adapters=self.lora_tensors(),
+            optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict(),
+            generator_state=generator_state,
+            torch_rng_state=torch_rng_state,
+            order=order,
+            config=cfg.to_dict(),
+            base_model=self.base_model,
+            history=[list(point) for point in self.history],
+        )
+
+    def restore(self, state: ResumeState) -> None:
+        """Continue from `state` (checked compatible by the caller)."""
+        for adapter_set in self.adapter_sets:
+            prefixes = set(adapter_set.prefixes.values())
+            adapter_set.load_state_dict_kohya(
+                {k: v for k, v in state.adapters.items() if k.split(".", 1)[0] in prefixes}
+            )
+        self.optimizer.load_state_dict(state.optimizer)
+        self.scheduler.load_state_dict(state.scheduler)
+        self.generator.set_state(state.generator_state)
+        torch.set_rng_state(state.torch_rng_state)
+        self.order.load_state_dict(state.order)
+        self.step = state.step
+        self.history = [(int(s), float(v)) for s, v in state.history]
+
+
+def lora_state_dict(adapter_sets) -> dict[str, torch.Tensor]:
+    """All adapter sets' kohya tensors, detached to fp32 CPU (what is saved and applied)."""
+    return {
+        key: value.detach().float().cpu().contiguous()
+        for adapter_set in adapter_sets
+        for key, value in adapter_set.state_dict_kohya().items()
+    }
+
+
+def build_run(
+    cfg: TrainConfig, session: TrainingSession, generator: torch.Generator, order: BatchOrder, steps: int
+) -> Run:
+    """Adapters (seeded), optimizer, schedule and scaler for a fresh run."""
+    base_model = session.fingerprint()
+    targets = find_targets(session.diffusion_model, target_filter(cfg, session.diffusion_model))
+    if not targets:
+        raise TrainingError(f"no layers matched targets={cfg.targets!r} in this model; try targets=all_linear")
+    torch.manual_seed(cfg.seed)
+    spec = AdapterSpec(rank=cfg.rank, alpha=cfg.alpha, dropout=cfg.dropout, network=cfg.network)
+    adapter_sets = [AdapterSet.create(targets, spec, key_prefix_for=session.kohya_prefix, device=session.device)]
+    lrs = [cfg.learning_rate]
+    if cfg.train_text_encoder:
+        te_targets = session.text_encoder_targets()
+        if not te_targets:
+            raise TrainingError("train_text_encoder is on, but this model's text encoder has no layers to adapt")
+        adapter_sets.append(
+            AdapterSet.create(te_targets, spec, key_prefix_for=session.kohya_te_prefix, device=session.device)
+        )
+        lrs.append(cfg.text_encoder_lr)
+    groups = [
+        {"params": [p for p in s.parameters() if p.requires_grad], "lr": lr}
+        for s, lr in zip(adapter_sets, lrs, strict=True)
+    ]
+    optimizer = make_optimizer(cfg.optimizer, groups, cfg.weight_decay)
+    scheduler = make_scheduler(cfg.lr_scheduler, optimizer, steps, cfg.warmup_steps)
+    scaler = torch.amp.GradScaler(session.device.type, enabled=cfg.mixed_precision == "fp16")
+    return Run(adapter_sets, optimizer, scheduler, scaler, generator, order, base_model=base_model)
