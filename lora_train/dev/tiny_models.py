@@ -366,12 +366,27 @@ def _sd3_unet() -> dict[str, torch.Tensor]:
     return dict(model.state_dict())
 
 
+# Fields newer ComfyUIs added to FluxParams without a default, with the value that means Flux.1 (0.33.0 added
+# `txt_ids_dims`: which text-token position axes carry ids; Flux.1 has none). Chosen by what the class declares,
+# never by version number.
+FLUX1_NEWER_FIELDS = {"txt_ids_dims": []}
+
+
+def _fields_newer_hosts_require(params_class: type, values: dict) -> dict:
+    """The subset of `values` whose fields `params_class` (a dataclass) declares."""
+    import dataclasses
+
+    declared = {field.name for field in dataclasses.fields(params_class)}
+    return {name: value for name, value in values.items() if name in declared}
+
+
 def _flux_unet(guidance: bool) -> dict[str, torch.Tensor]:
     """Flux (bf16, ~400 M parameters): dev has `guidance_in`, schnell does not."""
     import comfy.ops
-    from comfy.ldm.flux.model import Flux
+    from comfy.ldm.flux.model import Flux, FluxParams
 
-    model = Flux(**TINY_FLUX, guidance_embed=guidance, dtype=torch.bfloat16, operations=comfy.ops.disable_weight_init)
+    config = {**TINY_FLUX, "guidance_embed": guidance, **_fields_newer_hosts_require(FluxParams, FLUX1_NEWER_FIELDS)}
+    model = Flux(**config, dtype=torch.bfloat16, operations=comfy.ops.disable_weight_init)
     _init_(model, _generator("flux_dev" if guidance else "flux_schnell"))
     return dict(model.state_dict())
 

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from lora_train.dataset import LoraDataset, assign_buckets
+from lora_train.host.compat import HostTooOld, check_host
 from lora_train.training import (
     Example,
     LatentCache,
@@ -145,6 +146,25 @@ def caption_with_trigger(caption: str, trigger: str) -> str:
 # LayerNorm saved that input for backward: in fp32 (no autocast copy in between) backward then fails with "modified
 # by an inplace operation".
 INPLACE_RESIDUAL_BLOCKS = ("DoubleStreamBlock", "SingleStreamBlock")
+
+
+@contextlib.contextmanager
+def host_training_flag(on: bool) -> Iterator[None]:
+    """ComfyUI's own training switch, `model_management.in_training`, set for the duration and restored after
+    (also on Cancel and errors). Newer hosts (0.33.0) route RoPE, norms and other kernels through custom ops
+    (comfy_kitchen) that have no backward unless it is True, as their built-in trainer sets it; sampling runs
+    with it off. Hosts without the flag (0.3.75) need nothing."""
+    import comfy.model_management as mm
+
+    if not hasattr(mm, "in_training"):
+        yield
+        return
+    before = mm.in_training
+    mm.in_training = on
+    try:
+        yield
+    finally:
+        mm.in_training = before
 
 
 def _clone_input(_module: torch.nn.Module, args: tuple) -> tuple | None:
@@ -268,15 +288,16 @@ class ComfySession:
         self.diffusion_model.eval()
         images = []
         try:
-            for positive in positives:
-                # KSampler's own noise for this seed (it reseeds torch's global stream; the caller restores it), so
-                # a KSampler with the trained LoRA and seed sample_seed redraws the preview.
-                noise = comfy.sample.prepare_noise(latent, cfg.sample_seed)
-                samples = comfy.sample.sample(
-                    self.model, noise, cfg.sample_steps, scale, PREVIEW_SAMPLER, PREVIEW_SCHEDULER,
-                    positive, negative, latent, disable_pbar=True, seed=cfg.sample_seed,
-                )  # fmt: skip
-                images.append(_to_pil(self.host.vae.decode(samples)[0]))
+            with host_training_flag(False):
+                for positive in positives:
+                    # KSampler's own noise for this seed (it reseeds torch's global stream; the caller restores it), so
+                    # a KSampler with the trained LoRA and seed sample_seed redraws the preview.
+                    noise = comfy.sample.prepare_noise(latent, cfg.sample_seed)
+                    samples = comfy.sample.sample(
+                        self.model, noise, cfg.sample_steps, scale, PREVIEW_SAMPLER, PREVIEW_SCHEDULER,
+                        positive, negative, latent, disable_pbar=True, seed=cfg.sample_seed,
+                    )  # fmt: skip
+                    images.append(_to_pil(self.host.vae.decode(samples)[0]))
         finally:
             self.diffusion_model.train(was_training)
             # The sampler may have (re)loaded the model, which brings ComfyUI's inference-mode weights back.
@@ -373,6 +394,10 @@ class ComfyHost:
     """Adapter from a ComfyUI MODEL (+ CLIP, VAE) to the trainer's `TrainingHost` protocol."""
 
     def __init__(self, model, clip, vae, *, node_id: str | None = None, send_event: Callable | None = None):
+        try:
+            check_host()
+        except HostTooOld as exc:
+            raise TrainingError(str(exc)) from None
         self.family = model_family(model)
         if self.family not in FAMILIES:
             raise TrainingError(
@@ -519,7 +544,7 @@ class ComfyHost:
         states = [(m, m.training, {n: p.requires_grad for n, p in m.named_parameters()}) for m in frozen]
         norm_hooks = _protect_inplace_residuals(base.diffusion_model)
         try:
-            with torch.inference_mode(False), torch.enable_grad():
+            with torch.inference_mode(False), torch.enable_grad(), host_training_flag(True):
                 for module in frozen:
                     log.debug("made %d inference tensors trainable-safe", _fresh_parameters(module))
                     module.requires_grad_(False)

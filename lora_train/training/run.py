@@ -13,6 +13,7 @@ from lora_train.training.config import TrainConfig
 from lora_train.training.host_api import TrainingError, TrainingSession
 from lora_train.training.networks import AdapterSet, AdapterSpec, find_targets
 from lora_train.training.optim import make_optimizer, make_scheduler
+from lora_train.training.precision import compute_precision
 from lora_train.training.resume import ResumeState
 from lora_train.training.targets import target_filter
 
@@ -27,6 +28,7 @@ class Run:
     scaler: Any
     generator: torch.Generator
     order: BatchOrder
+    precision: str = "no"  # the autocast actually used (see precision.compute_precision)
     base_model: str = ""  # the session's fingerprint: a resume state only continues on the same model
     step: int = 0
     history: list[tuple[int, float]] = field(default_factory=list)
@@ -109,5 +111,6 @@ def build_run(
     ]
     optimizer = make_optimizer(cfg.optimizer, groups, cfg.weight_decay)
     scheduler = make_scheduler(cfg.lr_scheduler, optimizer, steps, cfg.warmup_steps)
-    scaler = torch.amp.GradScaler(session.device.type, enabled=cfg.mixed_precision == "fp16")
-    return Run(adapter_sets, optimizer, scheduler, scaler, generator, order, base_model=base_model)
+    precision = compute_precision(cfg.mixed_precision, session.device.type)
+    scaler = torch.amp.GradScaler(session.device.type, enabled=precision == "fp16")
+    return Run(adapter_sets, optimizer, scheduler, scaler, generator, order, precision, base_model)

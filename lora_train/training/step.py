@@ -66,7 +66,7 @@ def _batch_loss(
     picked = [(examples[indices[r]], drop[r]) for r in rows]
     cond = batch_cond(cfg, session, picked, None if texts is None else [texts[r] for r in rows], latents)
     batch = diffusion_batch(session.sampling, latents, noise, sigmas)
-    autocast_dtype = AUTOCAST[cfg.mixed_precision]
+    autocast_dtype = AUTOCAST[run.precision]
     with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
         pred = session.predict(batch.model_input, batch.sigmas, batch.timesteps, cond, noise)
     loss = training_loss(pred, batch, loss=cfg.loss, delta=cfg.huber_delta, min_snr_gamma=cfg.min_snr_gamma)

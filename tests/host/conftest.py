@@ -22,7 +22,7 @@ def host() -> host_builder.Host:
 @pytest.fixture(scope="session")
 def tiny_models_dir(host: host_builder.Host) -> Path:
     """Cached folder holding `checkpoints/tiny_sd15.safetensors`, generated once from a fixed seed."""
-    models = host_builder.cache_dir() / "models"
+    models = host_builder.models_dir()
     if not (models / "checkpoints" / TINY_SD15_NAME).is_file():
         subprocess.run(
             [
@@ -104,7 +104,7 @@ def tiny_checkpoint(comfy_lib, tiny_models_dir):
 @pytest.fixture(scope="session")
 def family_models(comfy_lib) -> Path:
     """The cached models folder, where `tiny_family` writes the other families' tiny models (once, seeded)."""
-    return host_builder.cache_dir() / "models"
+    return host_builder.models_dir()
 
 
 @pytest.fixture(scope="session")

@@ -116,7 +116,7 @@ def test_flow_family_loras_load_in_diffusers_into_every_layer(comfy_lib, style_d
     from lora_train.dev import host_builder
     from lora_train.dev.tiny_models import write_tiny
 
-    models = host_builder.cache_dir() / "models"
+    models = host_builder.models_dir()
     model, clip, vae = write_tiny(family, models).load(models)
     cfg = TrainConfig.from_dict(
         {"rank": 4, "alpha": 2, "steps": 1, "batch_size": 1, "resolution": 64, "output_name": family}

@@ -306,3 +306,83 @@ def test_mixed_sizes_train_in_their_own_buckets_under_autocast(tiny_checkpoint, 
     result = _train(model, clip, vae, dataset, tmp_path / "out", resolution=128, mixed_precision=precision, steps=4)
     assert all(torch.isfinite(v).all() for v in result.lora_tensors.values())
     assert all(v.dtype == torch.float32 for v in result.lora_tensors.values()), "adapter weights must stay fp32"
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_half_precision_on_a_cpu_without_it_computes_in_fp32(
+    tiny_checkpoint, style_dataset_dir, tmp_path, monkeypatch, caplog, precision
+):
+    """The capability probe forced both ways: emulated -> the same adapters as fp32, said once; native -> autocast."""
+    model, clip, vae = tiny_checkpoint
+    dataset = load_dataset(style_dataset_dir)
+    fp32 = _train(model, clip, vae, dataset, tmp_path / "fp32", mixed_precision="no").lora_tensors
+    monkeypatch.setenv("LORA_TRAIN_CPU_HALF", "emulated")
+    with caplog.at_level("INFO", logger="lora_train.training.precision"):
+        emulated = _train(model, clip, vae, dataset, tmp_path / "emulated", mixed_precision=precision).lora_tensors
+    said = [r.getMessage() for r in caplog.records if r.name == "lora_train.training.precision"]
+    assert len(said) == 1 and f"mixed_precision={precision} computes in fp32" in said[0]
+    assert all(torch.equal(fp32[k], emulated[k]) for k in fp32)
+    monkeypatch.setenv("LORA_TRAIN_CPU_HALF", "native")
+    native = _train(model, clip, vae, dataset, tmp_path / "native", mixed_precision=precision).lora_tensors
+    assert any(not torch.equal(fp32[k], native[k]) for k in fp32), "native half precision did not autocast"
+
+
+def test_the_hosts_training_switch_is_on_while_training_and_restored_after(
+    tiny_checkpoint, style_dataset_dir, tmp_path, monkeypatch
+):
+    import comfy.model_management as mm
+
+    from lora_train.host import comfy_adapter
+
+    model, clip, vae = tiny_checkpoint
+    monkeypatch.setattr(mm, "in_training", False, raising=False)  # 0.3.75 has no flag: the adapter adds none
+    seen = []
+    original = comfy_adapter.ComfySession.predict
+
+    def predict(self, *args, **kwargs):
+        seen.append(mm.in_training)
+        return original(self, *args, **kwargs)
+
+    import comfy.sample
+
+    sampled = []
+    sample = comfy.sample.sample
+
+    def sample_and_see(*args, **kwargs):
+        sampled.append(mm.in_training)
+        return sample(*args, **kwargs)
+
+    monkeypatch.setattr(comfy_adapter.ComfySession, "predict", predict)
+    monkeypatch.setattr(comfy.sample, "sample", sample_and_see)
+    _train(model, clip, vae, load_dataset(style_dataset_dir), tmp_path, sample_every=2, sample_steps=1)
+    assert seen and all(seen), "training ran with ComfyUI's training switch off"
+    assert sampled and not any(sampled), "previews sampled with the training switch on"
+    assert mm.in_training is False, "the switch was not restored"
+
+    def cancel(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(comfy_adapter.ComfyHost, "check_cancel", cancel)
+    with pytest.raises(KeyboardInterrupt):
+        _train(model, clip, vae, load_dataset(style_dataset_dir), tmp_path / "cancelled")
+    assert mm.in_training is False, "the switch was left on after Cancel"
+
+
+def test_every_host_api_the_adapter_uses_exists_on_this_comfyui(comfy_lib):
+    from lora_train.host.compat import comfyui_version, missing_apis
+
+    assert missing_apis() == [], f"ComfyUI {comfyui_version()} lacks APIs the adapter uses"
+
+
+def test_a_comfyui_without_an_api_the_trainer_needs_is_named_before_any_work(tiny_checkpoint, monkeypatch):
+    import comfy.sample
+
+    from lora_train.host.compat import OLDEST_TESTED, comfyui_version
+
+    model, clip, vae = tiny_checkpoint
+    monkeypatch.delattr(comfy.sample, "fix_empty_latent_channels")
+    with pytest.raises(TrainingError) as refused:
+        ComfyHost(model, clip, vae)
+    message = str(refused.value)
+    assert "comfy.sample.fix_empty_latent_channels" in message
+    assert f"({comfyui_version()})" in message and f"{OLDEST_TESTED} or newer" in message

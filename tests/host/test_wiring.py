@@ -28,8 +28,9 @@ def test_startup_log_shows_fast_clean_import(comfy):
     lines = [line for line in log.splitlines() if EXTENSION_NAME in line and "seconds" in line]
     assert lines, f"no import-time line for {EXTENSION_NAME}\n{comfy.log_tail()}"
     assert "IMPORT FAILED" not in lines[0], lines[0]
-    seconds = float(re.match(r"\s*([\d.]+) seconds", lines[0]).group(1))
-    assert seconds == 0.0, f"import took {seconds}s: {lines[0]}"
+    seconds = float(re.search(r"([\d.]+) seconds", lines[0]).group(1))  # 0.33 prefixes "[INFO]"
+    # ComfyUI rounds to 0.1 s; 0.0-0.1 s on both hosts (0.1 when the machine is busy with other tests).
+    assert seconds <= 0.1, f"import took {seconds}s: {lines[0]}"
 
 
 def test_smoke_workflow_writes_a_finite_nonconstant_png(comfy):
