@@ -192,10 +192,9 @@ def worker(case: Case, sizes: dict, steps: int, warmup: int) -> dict:
     """Build and load the case's model, train it with our core, measure."""
     import comfy.model_management as mm
 
-    from lora_train.dataset.loading import dataset_from_images
+    from lora_train.dataset import dataset_from_images
     from lora_train.host.comfy_adapter import ComfyHost
-    from lora_train.training.config import TrainConfig
-    from lora_train.training import Example, train_lora
+    from lora_train.training import Example, TrainConfig, train_lora
 
     device = mm.get_torch_device()
     started = time.perf_counter()

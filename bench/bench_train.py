@@ -86,8 +86,7 @@ def worker_ours(comfyui: str, dataset_dir: str, steps: int, settings: dict) -> t
     import torch
 
     from lora_train.host.comfy_adapter import ComfyHost
-    from lora_train.training.config import TrainConfig
-    from lora_train.training import train_lora
+    from lora_train.training import TrainConfig, train_lora
 
     model, clip, vae, dataset = _load(comfyui, dataset_dir)
     cfg = TrainConfig.from_dict(

@@ -125,10 +125,9 @@ def worker_ours(settings: dict, sizes: dict, steps: int, warmup: int) -> dict:
     """Our loop (lora_train.training.train_lora) through ComfyHost's session, on random encoded inputs."""
     import torch
 
-    from lora_train.dataset.loading import dataset_from_images
+    from lora_train.dataset import dataset_from_images
     from lora_train.host.comfy_adapter import ComfyHost
-    from lora_train.training.config import TrainConfig
-    from lora_train.training import Example, train_lora
+    from lora_train.training import Example, TrainConfig, train_lora
 
     model, device = _load(sizes)
     latents, contexts = random_inputs(2 * sizes["batch"], sizes["resolution"])
