@@ -351,6 +351,7 @@ def _train_llm_logged(job: LlmJob, prepared: Any, device_type: str, dist: Distri
     from lora_train.llm import train_causal_lm
 
     log.info("config %s", job.to_dict())
+    log.info("%s: %s", prepared.data.path, prepared.report.summary())
     bar = ProgressBar(show=dist.is_main)
     try:
         with logging_redirect_tqdm():
