@@ -9,7 +9,7 @@ from pathlib import Path
 MEMORISABLE = [
     {"instruction": "what colour is the sky?", "output": "blue"},
     {"instruction": "capital of france", "input": "one word", "output": "paris"},
-    {"messages": [{"role": "user", "content": "say it like a pirate"}, {"role": "assistant", "content": "ahoy matey"}]},
+    {"messages": [{"role": "user", "content": "talk like a pirate"}, {"role": "assistant", "content": "ahoy matey"}]},
     {
         "messages": [
             {"role": "system", "content": "answer with a colour"},

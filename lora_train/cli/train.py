@@ -352,6 +352,11 @@ def _train_llm_logged(job: LlmJob, prepared: Any, device_type: str, dist: Distri
 
     log.info("config %s", job.to_dict())
     log.info("%s: %s", prepared.data.path, prepared.report.summary())
+    if dist.active:
+        cfg = job.train
+        log.info("%d processes: effective batch %d (batch_size %d x gradient_accumulation %d x %d processes)",
+                 dist.world_size, cfg.batch_size * cfg.gradient_accumulation * dist.world_size, cfg.batch_size,
+                 cfg.gradient_accumulation, dist.world_size)  # fmt: skip
     bar = ProgressBar(show=dist.is_main)
     try:
         with logging_redirect_tqdm():

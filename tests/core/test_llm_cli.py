@@ -94,3 +94,39 @@ def test_llm_defaults_print_as_a_valid_config():
     assert job.missing() == ["base_model", "train_data", "output_dir"]
     done = _cli("config", "--print-defaults", "--model-type", "causal_lm")
     assert done.returncode == 0 and "max_length: 1024" in done.stdout and "model_type: causal_lm" in done.stdout
+
+
+def test_two_cpu_ranks_match_one_process_with_the_doubled_batch(tmp_path, model):
+    import re
+
+    import torch
+    from safetensors.torch import load_file
+
+    from lora_train.llm import ADAPTER_WEIGHTS, LlmPaths, LlmTrainConfig, train_causal_lm
+
+    # 5 records, global batch 4: every epoch ends with a batch of 1, where rank 1 holds no rows at all.
+    records = [*MEMORISABLE, {"instruction": "the fox", "output": "jumps over the lazy dog"}]
+    data = write_jsonl(tmp_path / "train.jsonl", records)
+    settings = {"steps": 4, "rank": 4, "dropout": 0.0, "learning_rate": 1e-2, "log_every": 1}
+    config = _config(tmp_path, model, data, **settings)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "lora_train", "train", "--config", config, "--cpu"]  # fmt: skip
+    done = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir()) == ["pirate", "pirate.log"], "only rank 0 writes"
+    log_text = (out / "pirate.log").read_text()
+    assert "effective batch 4 (batch_size 2 x gradient_accumulation 1 x 2 processes)" in log_text
+    distributed = load_file(str(out / "pirate" / ADAPTER_WEIGHTS))
+
+    single_cfg = LlmTrainConfig(output_name="pirate", batch_size=4, **settings)
+    single = train_causal_lm(single_cfg, LlmPaths(base_model=str(model), train_data=str(data),
+                                                  output_dir=str(tmp_path / "single")))  # fmt: skip
+    expected = load_file(str(single.adapter_dir / ADAPTER_WEIGHTS))
+    assert distributed.keys() == expected.keys()
+    for key, tensor in expected.items():
+        torch.testing.assert_close(distributed[key], tensor, rtol=1e-4, atol=1e-6, msg=key)
+    logged = [float(x) for x in re.findall(r"step \d+/\d+ loss ([0-9.]+)", log_text)]
+    assert logged == pytest.approx([loss for _, loss in single.loss_history], rel=1e-5)
+    ups = [k for k in expected if "lora_B" in k]
+    assert max(float(expected[k].abs().max()) for k in ups) > 1e-3  # the weights moved: the comparison can fail

@@ -27,8 +27,11 @@ def _trained_text(tokenizer, row) -> str:
 def test_instruction_and_chat_records_become_chat_messages(tmp_path):
     data = load_conversations(write_jsonl(tmp_path / "d.jsonl", MEMORISABLE), system_prompt="be brief")
     first, second = data.conversations[0], data.conversations[1]
-    assert first.messages == [{"role": "system", "content": "be brief"}, {"role": "user",
-                              "content": "what colour is the sky?"}, {"role": "assistant", "content": "blue"}]  # fmt: skip
+    assert first.messages == [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "what colour is the sky?"},
+        {"role": "assistant", "content": "blue"},
+    ]
     assert second.messages[1]["content"] == "capital of france\n\none word"
     assert [c.line for c in data.conversations] == [1, 2, 3, 4]
     assert len(data.sha256) == 64
@@ -68,7 +71,7 @@ def test_labels_cover_only_the_assistant_turns_and_their_end_marker(tmp_path, to
 
 def test_a_tokenizer_without_chat_template_is_refused_with_what_to_set(tmp_path):
     bare = write_tiny_tokenizer(tmp_path / "bare", chat_template=None)
-    with pytest.raises(LlmDataError, match="has no chat template.*set chat_template"):
+    with pytest.raises(LlmDataError, match=r"has no chat template.*set chat_template"):
         resolve_chat_template(bare, "", tmp_path / "bare")
     template_file = tmp_path / "template.jinja"
     template_file.write_text("{% for m in messages %}{{ m['content'] }}\n{% endfor %}", encoding="utf-8")
