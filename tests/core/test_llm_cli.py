@@ -88,6 +88,12 @@ def test_model_type_selects_the_job_and_its_keys(tmp_path):
     assert load_job(None, ["model_type=causal_lm", "packing=true"]).train.packing is True
 
 
+def test_example_llm_config_is_a_valid_causal_lm_job():
+    job = load_job(REPO_ROOT / "configs" / "example_llm.yaml")
+    assert isinstance(job, LlmJob) and job.missing() == []
+    assert (job.train.rank, job.train.alpha, job.train.targets) == (16, 32.0, "all_linear")
+
+
 def test_llm_defaults_print_as_a_valid_config():
     job = build_job([("defaults", yaml.safe_load(defaults_yaml("causal_lm")))])
     assert isinstance(job, LlmJob)

@@ -93,20 +93,41 @@ def test_adapter_folder_carries_base_model_data_hash_and_settings(models, data, 
     assert adapter_config["base_model_name_or_path"] == model_dir.name  # not this machine's path
 
 
-def test_resume_after_an_interrupt_matches_the_uninterrupted_run(models, data, tmp_path):
+@pytest.mark.parametrize("where", ["after_a_save", "mid_step"])
+def test_resume_after_an_interrupt_matches_the_uninterrupted_run(models, data, tmp_path, monkeypatch, where):
     from safetensors.torch import load_file
+
+    from lora_train.llm import trainer
 
     model_dir = tiny_model(models, "llama")
     # Dropout and two batches per epoch, so the random streams and the data order both matter.
     cfg = LlmTrainConfig(steps=8, dropout=0.1, save_steps=3, **{**FAST, "batch_size": 2, "log_every": 1})
     straight = train_causal_lm(cfg, _paths(model_dir, data, tmp_path / "straight"))
+    assert [p.name for p in straight.saved] == ["my_llm_lora_s000003", "my_llm_lora_s000006", "my_llm_lora"]
+    assert (tmp_path / "straight" / "my_llm_lora_s000006" / ADAPTER_WEIGHTS).is_file()
 
-    def interrupt_at_step_5(progress):
-        if progress.step == 5:
-            raise KeyboardInterrupt
+    report = None
+    if where == "after_a_save":  # Ctrl-C between steps 5 and 6: the state saved at step 3 continues
 
+        def report(progress):
+            if progress.step == 5:
+                raise KeyboardInterrupt
+
+    else:  # Ctrl-C inside step 5, after its forward drew dropout masks and took a batch: the state of step 4 is
+        # kept with the random streams and the data order rewound to where step 5 began
+        real_loss, calls = trainer.summed_token_loss, []
+
+        def interrupted_loss(*args):
+            loss = real_loss(*args)
+            calls.append(1)
+            if len(calls) == 5:
+                raise KeyboardInterrupt
+            return loss
+
+        monkeypatch.setattr(trainer, "summed_token_loss", interrupted_loss)
     with pytest.raises(KeyboardInterrupt):
-        train_causal_lm(cfg, _paths(model_dir, data, tmp_path / "resumed"), report=interrupt_at_step_5)
+        train_causal_lm(cfg, _paths(model_dir, data, tmp_path / "resumed"), report=report)
+    monkeypatch.undo()
     assert (tmp_path / "resumed" / f"{cfg.output_name}.lora_state").is_file()
     assert not (tmp_path / "resumed" / cfg.output_name).exists()  # no final adapter from the interrupted run
     resumed = train_causal_lm(cfg, _paths(model_dir, data, tmp_path / "resumed"))
@@ -183,3 +204,17 @@ def test_optimizer_and_schedule_choices_match_the_training_registries():
     from lora_train.training import OPTIMIZERS, SCHEDULES
 
     assert (set(OPTIMIZER_CHOICES), set(SCHEDULER_CHOICES)) == (set(OPTIMIZERS), set(SCHEDULES))
+
+
+def test_gradient_checkpointing_trains_the_same_adapter(models, data, tmp_path):
+    from safetensors.torch import load_file
+
+    model_dir = tiny_model(models, "llama")
+    adapters = []
+    for checkpointing in (False, True):
+        cfg = LlmTrainConfig(steps=3, dropout=0.0, gradient_checkpointing=checkpointing, **FAST)
+        result = train_causal_lm(cfg, _paths(model_dir, data, tmp_path / str(checkpointing)))
+        adapters.append(load_file(str(result.adapter_dir / ADAPTER_WEIGHTS)))
+    assert adapters[0].keys() == adapters[1].keys()
+    for key in adapters[0]:
+        torch.testing.assert_close(adapters[1][key], adapters[0][key], rtol=1e-5, atol=1e-6, msg=key)
