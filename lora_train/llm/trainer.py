@@ -115,7 +115,7 @@ def train_causal_lm(
     device = torch.device("cuda", dist.local_rank) if device_type == "cuda" else torch.device("cpu")
     model = attach_adapters(load_base_model(prepared.info, cfg, device), cfg, prepared.info)
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        _enable_checkpointing(model)
     model.train()
     run = _build_run(cfg, model, prepared, dist)
     if prepared.resume_state is not None:
@@ -134,6 +134,15 @@ def train_causal_lm(
             prepared.info, cfg, adapter_dir, prepared.tokenizer, output_dir / f"{cfg.output_name}_merged"
         )
     return LlmTrainResult(adapter_dir, merged, run.step, metadata, prepared.report, run.history, writer.saved, model)
+
+
+def _enable_checkpointing(model: Any) -> None:
+    """Recompute each decoder layer in backward (non-reentrant: the frozen base's inputs need no grad)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 renamed it
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def _build_run(cfg: LlmTrainConfig, model: Any, prepared: Prepared, dist: Distributed) -> LlmRun:

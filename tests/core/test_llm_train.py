@@ -214,6 +214,8 @@ def test_gradient_checkpointing_trains_the_same_adapter(models, data, tmp_path):
     for checkpointing in (False, True):
         cfg = LlmTrainConfig(steps=3, dropout=0.0, gradient_checkpointing=checkpointing, **FAST)
         result = train_causal_lm(cfg, _paths(model_dir, data, tmp_path / str(checkpointing)))
+        layers_flagged = any(getattr(m, "gradient_checkpointing", False) for m in result.model.modules())
+        assert layers_flagged == checkpointing
         adapters.append(load_file(str(result.adapter_dir / ADAPTER_WEIGHTS)))
     assert adapters[0].keys() == adapters[1].keys()
     for key in adapters[0]:
