@@ -41,7 +41,7 @@ def load_conversations(path: str | Path, system_prompt: str = "") -> Conversatio
         raise LlmDataError(f"train_data {str(path)!r} does not exist; point train_data at a .jsonl file")
     raw = path.read_bytes()
     try:
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8-sig")  # a BOM (Windows editors) is not part of line 1
     except UnicodeDecodeError as exc:
         raise LlmDataError(f"{path}: not UTF-8 text ({exc}); save the file as UTF-8") from None
     conversations = []
