@@ -327,6 +327,9 @@ def _train_llm(job: LlmJob, args: argparse.Namespace, dist: Distributed) -> int:
         prepared = prepare(job.train, job.paths, device_type)
     except bad_input as exc:
         return _fail(str(exc), EXIT_BAD_INPUT)
+    except Exception as exc:  # e.g. a tokenizer file transformers cannot read: one line, nothing written
+        log.debug("checking the inputs failed", exc_info=True)
+        return _fail(f"could not read the inputs: {type(exc).__name__}: {exc} (-v shows the traceback)", EXIT_FAILED)
     log_path = Path(job.paths.output_dir).expanduser() / f"{job.train.output_name}.log"
     with run_log(log_path if dist.is_main else None):
         try:

@@ -82,22 +82,27 @@ def resolve_chat_template(tokenizer: Any, template_file: str, model_dir: Path) -
     return template
 
 
-def _render(tokenizer: Any, template: str, messages: list[dict], *, generation_prompt: bool) -> str:
-    return tokenizer.apply_chat_template(
-        messages, chat_template=template, tokenize=False, add_generation_prompt=generation_prompt
-    )
+def _render(tokenizer: Any, template: str, messages: list[dict], where: str, *, generation_prompt: bool) -> str:
+    from jinja2 import TemplateError
+
+    try:
+        return tokenizer.apply_chat_template(
+            messages, chat_template=template, tokenize=False, add_generation_prompt=generation_prompt
+        )
+    except (TemplateError, ValueError, TypeError) as exc:  # templates refuse roles they lack (raise_exception)
+        raise LlmDataError(f"{where}: the chat template cannot render this conversation: {exc}") from None
 
 
 def response_spans(tokenizer: Any, template: str, conversation: Conversation, where: str) -> tuple[str, list]:
     """The rendered conversation and the (start, end) character spans of its assistant turns."""
     messages = conversation.messages
-    text = _render(tokenizer, template, messages, generation_prompt=False)
+    text = _render(tokenizer, template, messages, where, generation_prompt=False)
     spans = []
     for index, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        prompt = _render(tokenizer, template, messages[:index], generation_prompt=True)
-        with_turn = _render(tokenizer, template, messages[: index + 1], generation_prompt=False)
+        prompt = _render(tokenizer, template, messages[:index], where, generation_prompt=True)
+        with_turn = _render(tokenizer, template, messages[: index + 1], where, generation_prompt=False)
         if not (with_turn.startswith(prompt) and text.startswith(with_turn)):
             raise LlmDataError(
                 f"{where}: the chat template does not render this conversation turn by turn (the text up to "

@@ -99,3 +99,17 @@ def test_packing_joins_examples_up_to_max_length_with_restarting_positions(tmp_p
     assert packed[0].position_ids == list(range(lengths[0])) + list(range(lengths[1]))
     assert packed[0].labels[lengths[0]] == IGNORE  # no example learns to predict the next one's first token
     assert sum(len(row.input_ids) for row in packed) == sum(lengths)
+
+
+def test_a_template_that_refuses_a_role_names_the_line(tmp_path, tokenizer):
+    refusing = tmp_path / "no_system.jinja"
+    refusing.write_text(
+        "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+        "{% endif %}{{ m['content'] }}\n{% endfor %}",
+        encoding="utf-8",
+    )
+    path = write_jsonl(tmp_path / "d.jsonl", [MEMORISABLE[0], MEMORISABLE[3]])
+    data = load_conversations(path)
+    template = resolve_chat_template(tokenizer, str(refusing), tmp_path)
+    with pytest.raises(LlmDataError, match=r"line 2: the chat template cannot render .*System role not supported"):
+        encode_all(tokenizer, template, data.conversations, data.path, 256, "error")
