@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from lora_train.llm import LlmPaths, LlmTrainConfig
 from lora_train.settings import Settings, SettingsError, setting
 from lora_train.training import TrainConfig
 
@@ -73,6 +74,10 @@ class RunPaths(Settings):
 
 
 JOB_CLASSES: tuple[type[Settings], ...] = (RunPaths, TrainConfig)
+LLM_JOB_CLASSES: tuple[type[Settings], ...] = (LlmPaths, LlmTrainConfig)
+# `model_type` picks the job: an image LoRA on a diffusion checkpoint (the default), or a language-model adapter.
+MODEL_TYPES: dict[str, tuple[type[Settings], ...]] = {"diffusion": JOB_CLASSES, "causal_lm": LLM_JOB_CLASSES}
+MODEL_TYPE_KEY = "model_type"
 
 
 @dataclass
@@ -92,14 +97,29 @@ class TrainJob:
         return [name for name in RunPaths.REQUIRED if not getattr(self.paths, name).strip()]
 
 
-def _canonical(key: str) -> tuple[type[Settings], str]:
+@dataclass
+class LlmJob:
+    """A resolved language-model job (`model_type: causal_lm`): paths + adapter settings, and their sources."""
+
+    paths: LlmPaths
+    train: LlmTrainConfig
+    sources: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.paths.to_dict(), **self.train.to_dict()}
+
+    def missing(self) -> list[str]:
+        return [name for name in LlmPaths.REQUIRED if not getattr(self.paths, name).strip()]
+
+
+def _canonical(key: str, classes: tuple[type[Settings], ...] = JOB_CLASSES) -> tuple[type[Settings], str]:
     """The class and field name a config key means (aliases resolved), or ConfigError with the nearest name."""
-    for cls in JOB_CLASSES:
+    for cls in classes:
         name = cls.ALIASES.get(key, key)
         if name in {f.name for f in cls.field_specs()}:
             return cls, name
-    candidates = [f.name for cls in JOB_CLASSES for f in cls.field_specs()]
-    candidates += [alias for cls in JOB_CLASSES for alias in cls.ALIASES]
+    candidates = [f.name for cls in classes for f in cls.field_specs()]
+    candidates += [alias for cls in classes for alias in cls.ALIASES]
     hint = difflib.get_close_matches(str(key), candidates, n=1, cutoff=0.5)
     extra = f"; did you mean {hint[0]!r}?" if hint else ""
     raise ConfigError(f"unknown setting {key!r}{extra} (python -m lora_train config --print-defaults lists them all)")
@@ -138,14 +158,32 @@ def parse_overrides(pairs: list[str]) -> dict[str, str]:
     return overrides
 
 
-def build_job(layers: list[tuple[str, dict[str, Any]]]) -> TrainJob:
-    """Merge (source, mapping) layers, later ones winning, and validate them into a `TrainJob`."""
+def model_type_of(layers: list[tuple[str, dict[str, Any]]]) -> str:
+    """The job's `model_type` (the last layer that sets it wins; default diffusion), checked."""
+    model_type, source = "diffusion", ""
+    for layer_source, mapping in layers:
+        if MODEL_TYPE_KEY in mapping:
+            model_type, source = str(mapping[MODEL_TYPE_KEY]), layer_source
+    if model_type not in MODEL_TYPES:
+        hint = difflib.get_close_matches(model_type, MODEL_TYPES, n=1)
+        extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+        raise ConfigError(f"{source}: model_type must be one of {', '.join(MODEL_TYPES)}; got {model_type!r}{extra}")
+    return model_type
+
+
+def build_job(layers: list[tuple[str, dict[str, Any]]]) -> TrainJob | LlmJob:
+    """Merge (source, mapping) layers, later ones winning, and validate them into a `TrainJob` (or an `LlmJob` for
+    `model_type: causal_lm`)."""
+    model_type = model_type_of(layers)
+    classes = MODEL_TYPES[model_type]
+    if model_type == "diffusion":  # the image job has no model_type field: the key only selects it
+        layers = [(source, {k: v for k, v in mapping.items() if k != MODEL_TYPE_KEY}) for source, mapping in layers]
     chosen: dict[str, tuple[type[Settings], Any, str, str]] = {}  # name -> (class, value, key as given, source)
     for source, mapping in layers:
         seen: dict[str, str] = {}
         for key, value in mapping.items():
             try:
-                cls, name = _canonical(str(key))
+                cls, name = _canonical(str(key), classes)
             except ConfigError as exc:
                 raise ConfigError(f"{source}: {exc}") from None
             if name in seen:
@@ -153,7 +191,7 @@ def build_job(layers: list[tuple[str, dict[str, Any]]]) -> TrainJob:
             seen[name] = str(key)
             chosen[name] = (cls, value, str(key), source)
     built: dict[type[Settings], Settings] = {}
-    for cls in JOB_CLASSES:
+    for cls in classes:
         values = {name: value for name, (owner, value, _, _) in chosen.items() if owner is cls}
         try:
             built[cls] = cls.from_dict(values)
@@ -167,10 +205,11 @@ def build_job(layers: list[tuple[str, dict[str, Any]]]) -> TrainJob:
             hint = f' (YAML reads an unquoted yes/no/on/off as true/false: quote it, e.g. {key}: "no")'
             raise ConfigError(f"{source}: {given}{exc}{hint if isinstance(value, bool) else ''}") from None
     sources = {name: source for name, (_, _, _, source) in chosen.items()}
-    return TrainJob(built[RunPaths], built[TrainConfig], sources)  # type: ignore[arg-type]
+    job_class = LlmJob if model_type == "causal_lm" else TrainJob
+    return job_class(built[classes[0]], built[classes[1]], sources)  # type: ignore[arg-type]
 
 
-def load_job(config_path: str | Path | None, overrides: list[str] = ()) -> TrainJob:
+def load_job(config_path: str | Path | None, overrides: list[str] = ()) -> TrainJob | LlmJob:
     """A job from an optional YAML file plus `--set KEY=VALUE` overrides (which win)."""
     layers = []
     if config_path is not None:
@@ -189,20 +228,21 @@ def _bounds(spec) -> str:
     return ""
 
 
-def aliases_text() -> str:
+def aliases_text(model_type: str = "diffusion") -> str:
     """`alias -> name` for every accepted alias (documented in --help and --print-defaults)."""
-    return ", ".join(f"{alias} -> {name}" for cls in JOB_CLASSES for alias, name in sorted(cls.ALIASES.items()))
+    classes = MODEL_TYPES[model_type]
+    return ", ".join(f"{alias} -> {name}" for cls in classes for alias, name in sorted(cls.ALIASES.items()))
 
 
-def defaults_yaml() -> str:
+def defaults_yaml(model_type: str = "diffusion") -> str:
     """A complete config (every key at its default) with its help and bounds as comments: a valid config file."""
     import yaml
 
     lines = [
         "# comfyui-lora-train job config: every key, at its default. Paths are relative to the working directory.",
-        f"# Accepted aliases: {aliases_text()}.",
+        f"# Accepted aliases: {aliases_text(model_type)}.",
     ]
-    for cls in JOB_CLASSES:
+    for cls in MODEL_TYPES[model_type]:
         lines += ["", f"# ---- {cls.__name__} " + "-" * 60]
         instance = cls()
         for spec in cls.field_specs():
@@ -224,6 +264,8 @@ def settings_help() -> str:
         + TrainConfig.describe()
         + "\n\nAliases: "
         + aliases_text()
+        + "\n\nmodel_type: causal_lm makes it a language-model adapter job (peft LoRA/DoRA on a local Hugging Face "
+        "model folder, .jsonl data); its keys: python -m lora_train config --print-defaults --model-type causal_lm"
     )
 
 
@@ -242,13 +284,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     group.add_argument("--check", metavar="YAML", help="validate this config and print every key as resolved")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one key (with --check); repeatable")  # fmt: skip
+    parser.add_argument("--model-type", choices=list(MODEL_TYPES), default="diffusion",
+                        help="with --print-defaults: the keys of this kind of job")  # fmt: skip
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Print defaults, or the resolved config; exit code 2 with the message for a bad config."""
     if args.print_defaults:
-        sys.stdout.write(defaults_yaml())
+        sys.stdout.write(defaults_yaml(args.model_type))
         return 0
     import yaml
 

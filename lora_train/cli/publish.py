@@ -8,7 +8,14 @@ import json
 import sys
 import typing
 
-from lora_train.release import PublishConfig, PublishError, publish_lora, result_summary
+from lora_train.release import (
+    PublishConfig,
+    PublishError,
+    is_adapter_folder,
+    publish_adapter,
+    publish_lora,
+    result_summary,
+)
 from lora_train.settings import SettingsError
 
 DEFAULT_RELEASES_DIR = "releases"
@@ -23,7 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "<output_dir>/<name>/. Every setting:\n\n" + PublishConfig.describe(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("lora", help="the trained LoRA (.safetensors)")
+    parser.add_argument("lora", help="the trained LoRA (.safetensors), or a peft adapter folder (language-model "
+                        "LoRA: adapter_model.safetensors + adapter_config.json), published as a zip")  # fmt: skip
     hints = typing.get_type_hints(PublishConfig)
     for spec in PublishConfig.field_specs():
         flag = "--" + spec.name.replace("_", "-")
@@ -42,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
     }
     try:
         cfg = PublishConfig.from_dict(given)
-        result = publish_lora(cfg, args.lora, cfg.output_dir or DEFAULT_RELEASES_DIR)
+        publish = publish_adapter if is_adapter_folder(args.lora) else publish_lora
+        result = publish(cfg, args.lora, cfg.output_dir or DEFAULT_RELEASES_DIR)
     except (PublishError, SettingsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -55,8 +64,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {path.name}")
     print(f"sha256           {result.sha256}")
     print(f"AutoV2           {result.autov2}")
-    print(f"sshs_model_hash  {result.sshs_model_hash}")
-    print(f"sshs_legacy_hash {result.sshs_legacy_hash}")
+    if result.sshs_model_hash:  # kohya's hashes: image LoRA files only
+        print(f"sshs_model_hash  {result.sshs_model_hash}")
+        print(f"sshs_legacy_hash {result.sshs_legacy_hash}")
     if not result.manifest.mirrors:
         print('no mirrors yet: after uploading, add their URLs to manifest.json\'s "mirrors" (or pass --mirrors)')
     return 0

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lora_train.cli.config import ConfigError, RunPaths, TrainJob, load_job, settings_help
+from lora_train.cli.config import ConfigError, LlmJob, RunPaths, TrainJob, load_job, settings_help
 
 if TYPE_CHECKING:
     from lora_train.dataset import LoraDataset
@@ -48,31 +48,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--comfyui", metavar="PATH", help="ComfyUI folder (default: $COMFYUI_PATH, or the "
                         "ComfyUI this extension is installed in)")  # fmt: skip
     parser.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is present")
+    parser.add_argument("--merge", action="store_true", help="model_type: causal_lm only: also write "
+                        "<output_name>_merged, the base model with the adapter merged in")  # fmt: skip
     parser.set_defaults(func=run)
 
 
 # ---- progress --------------------------------------------------------------------------------------------
-class ProgressHost:
-    """Wraps a `TrainingHost`: progress goes to a tqdm bar (step, loss, it/s, ETA) and the run's log file."""
+class ProgressBar:
+    """Progress to a tqdm bar (step, loss, it/s, ETA) and to the run's log file."""
 
-    def __init__(self, host: TrainingHost, *, show: bool = True):
-        self.host = host
+    def __init__(self, show: bool = True):
         self.show = show
-        self.base_model_name = host.base_model_name
-        self.architecture = host.architecture
         self._bar: Any = None
-
-    def encode_examples(self, dataset: LoraDataset, cfg: TrainConfig, **options: Any) -> list:
-        started = time.time()
-        examples = self.host.encode_examples(dataset, cfg, **options)
-        log.info("encoded %d images and their captions in %.1fs", len(examples), time.time() - started)
-        return examples
-
-    def session(self, cfg: TrainConfig):
-        return self.host.session(cfg)
-
-    def check_cancel(self) -> None:
-        self.host.check_cancel()
 
     def report(self, progress: Progress) -> None:
         if not self.show:
@@ -97,6 +84,34 @@ class ProgressHost:
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
+
+
+class ProgressHost:
+    """Wraps a `TrainingHost`: progress goes to a `ProgressBar`."""
+
+    def __init__(self, host: TrainingHost, *, show: bool = True):
+        self.host = host
+        self.base_model_name = host.base_model_name
+        self.architecture = host.architecture
+        self.bar = ProgressBar(show)
+
+    def encode_examples(self, dataset: LoraDataset, cfg: TrainConfig, **options: Any) -> list:
+        started = time.time()
+        examples = self.host.encode_examples(dataset, cfg, **options)
+        log.info("encoded %d images and their captions in %.1fs", len(examples), time.time() - started)
+        return examples
+
+    def session(self, cfg: TrainConfig):
+        return self.host.session(cfg)
+
+    def check_cancel(self) -> None:
+        self.host.check_cancel()
+
+    def report(self, progress: Progress) -> None:
+        self.bar.report(progress)
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 @contextlib.contextmanager
@@ -207,7 +222,7 @@ def run(args: argparse.Namespace) -> int:
     from lora_train.training import DistributedError, from_environment, pick_device_type, process_group
 
     try:
-        job = load_job(args.config, args.overrides)
+        job = load_job(args.config, [*args.overrides, *(["merge=true"] if args.merge else [])])
     except ConfigError as exc:
         return _fail(str(exc), EXIT_BAD_INPUT)
     if job.missing():
@@ -218,6 +233,8 @@ def run(args: argparse.Namespace) -> int:
         with process_group(layout, pick_device_type(args.cpu)) as dist:
             if not dist.is_main:
                 logging.getLogger().setLevel(logging.WARNING)
+            if isinstance(job, LlmJob):
+                return _train_llm(job, args, dist)
             return _train(job, args, dist)
     except DistributedError as exc:
         return _fail(str(exc), EXIT_BAD_INPUT)
@@ -293,4 +310,66 @@ def _train_logged(job: TrainJob, comfy_root: Path, output_dir: Path, dist: Distr
         return _fail(f"training finished but {result.lora_path} was not written", EXIT_FAILED)
     log.info("wrote %s (%d steps)", result.lora_path, result.steps)
     print(result.lora_path)
+    return EXIT_OK
+
+
+# ---- language-model adapters (model_type: causal_lm) ---------------------------------------------------------
+def _train_llm(job: LlmJob, args: argparse.Namespace, dist: Distributed) -> int:
+    """Train a peft adapter; same exit codes, log file and progress bar as the image job. No ComfyUI needed.
+    Every input is checked (`prepare`) before the log file or anything else is written."""
+    from lora_train.llm import LlmDataError, LlmModelError, prepare
+    from lora_train.settings import SettingsError
+    from lora_train.training import ResumeError, TrainingError, pick_device_type
+
+    device_type = pick_device_type(args.cpu)
+    bad_input = (ConfigError, SettingsError, LlmDataError, LlmModelError, ResumeError)
+    try:
+        prepared = prepare(job.train, job.paths, device_type)
+    except bad_input as exc:
+        return _fail(str(exc), EXIT_BAD_INPUT)
+    except Exception as exc:  # e.g. a tokenizer file transformers cannot read: one line, nothing written
+        log.debug("checking the inputs failed", exc_info=True)
+        return _fail(f"could not read the inputs: {type(exc).__name__}: {exc} (-v shows the traceback)", EXIT_FAILED)
+    log_path = Path(job.paths.output_dir).expanduser() / f"{job.train.output_name}.log"
+    with run_log(log_path if dist.is_main else None):
+        try:
+            return _train_llm_logged(job, prepared, device_type, dist)
+        except bad_input as exc:
+            log.error("%s", exc)
+            return _fail(str(exc), EXIT_BAD_INPUT)
+        except TrainingError as exc:
+            log.error("training failed: %s", exc)
+            return _fail(f"training failed: {exc}", EXIT_FAILED)
+        except KeyboardInterrupt:
+            log.error("interrupted; no final adapter was written")
+            return _fail("interrupted; no final adapter was written (the next run resumes)", EXIT_INTERRUPTED)
+        except Exception as exc:  # the traceback goes to the log file, one line to the terminal
+            log.exception("training failed")
+            return _fail(f"training failed: {type(exc).__name__}: {exc} (traceback in {log_path})", EXIT_FAILED)
+
+
+def _train_llm_logged(job: LlmJob, prepared: Any, device_type: str, dist: Distributed) -> int:
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    from lora_train.llm import train_causal_lm
+
+    log.info("config %s", job.to_dict())
+    log.info("%s: %s", prepared.data.path, prepared.report.summary())
+    if dist.active:
+        cfg = job.train
+        log.info("%d processes: effective batch %d (batch_size %d x gradient_accumulation %d x %d processes)",
+                 dist.world_size, cfg.batch_size * cfg.gradient_accumulation * dist.world_size, cfg.batch_size,
+                 cfg.gradient_accumulation, dist.world_size)  # fmt: skip
+    bar = ProgressBar(show=dist.is_main)
+    try:
+        with logging_redirect_tqdm():
+            result = train_causal_lm(
+                job.train, job.paths, dist=dist, device_type=device_type, report=bar.report, prepared=prepared
+            )
+    finally:
+        bar.close()
+    if dist.is_main:
+        print(result.adapter_dir)
+        if result.merged_dir is not None:
+            print(result.merged_dir)
     return EXIT_OK

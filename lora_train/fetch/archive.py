@@ -2,8 +2,8 @@
 
 Zip members are unpacked one by one into a staging folder: names that climb out of the archive, absolute paths,
 links and encrypted members refuse the whole archive; sizes and compression ratios are capped (zip bombs) and
-counted while reading, since a hostile archive can lie in its headers. Only `.safetensors` and the model card
-(`.md`) are kept.
+counted while reading, since a hostile archive can lie in its headers. Only `.safetensors`, the model card
+(`.md`) and a peft adapter's `adapter_config.json` are kept.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle")
 KEEP_SUFFIXES = (".safetensors", ".md")
+# A peft adapter folder (language-model LoRA) ships as a zip of these two files (+ card): it is placed as a folder.
+ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
 MAX_NAME_CHARS = 180
 _WINDOWS_RESERVED = {
     "con",
@@ -137,7 +139,7 @@ def plan_members(archive: zipfile.ZipFile, limits: ZipLimits) -> list[zipfile.Zi
                 f"archive member {info.filename!r} expands {ratio:.0f}x (limit {limits.max_ratio:.0f}x):"
                 " looks like a zip bomb; archive refused"
             )
-        if path.suffix.lower() not in KEEP_SUFFIXES:
+        if path.suffix.lower() not in KEEP_SUFFIXES and path.name != ADAPTER_FILES[1]:
             log.info("archive: skipping %s (only .safetensors and the model card are kept)", info.filename)
             continue
         declared += info.file_size

@@ -197,7 +197,7 @@ def fetch_lora(
         paths, changed = _place(item, fetched, dest_dir, ctx)
         placed.update(paths)
         results.append((fetched, paths, changed))
-    loras = [p for p in placed if p.suffix.lower() != ".md"]
+    loras = [p for p in placed if p.suffix.lower() not in (".md", ".json")]
     if not loras:
         raise FetchError("the download held no .safetensors file")
     primary = loras[0]

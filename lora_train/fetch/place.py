@@ -19,7 +19,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 
 from lora_train.fetch import archive
-from lora_train.fsutil import sha256_file
+from lora_train.fsutil import atomic_folder, sha256_file
 from lora_train.safetensors_file import read_header
 
 SUFFIX_FOR_KIND = {"safetensors": ".safetensors", "zip": ".zip", "pickle": ".ckpt"}
@@ -124,6 +124,10 @@ def place_blob(
         return {path: sha256}, changed
     with staging() as folder:
         members = archive.extract_members(blob, folder, limits)
+        if set(archive.ADAPTER_FILES) <= {name for name, _ in members}:
+            read_header(dict(members)[archive.ADAPTER_FILES[0]])
+            stem = Path(archive.sanitize_name(filename or next((n for n in names if n), "adapter"))).stem
+            return place_adapter_folder(members, dest_dir, stem, overwrite=overwrite)
         weights = [(n, p) for n, p in members if n.lower().endswith(".safetensors")]
         if not weights:
             raise archive.ArchiveError("the archive holds no .safetensors file")
@@ -144,3 +148,26 @@ def place_blob(
             placed[target] = digest
             any_changed |= changed
     return placed, any_changed
+
+
+def place_adapter_folder(
+    members: list[tuple[str, Path]], dest_dir: Path, folder_name: str, *, overwrite: bool
+) -> tuple[dict[Path, str], bool]:
+    """A peft adapter archive's files as the folder `dest_dir/folder_name/` (weights first in the result), swapped
+    in whole; the same content already there is a no-op, different content needs `overwrite`."""
+    target = dest_dir / folder_name
+    planned = sorted(((name, path, sha256_file(path)) for name, path in members),
+                     key=lambda entry: entry[0] != archive.ADAPTER_FILES[0])  # fmt: skip
+    placed = {target / name: digest for name, _, digest in planned}
+    if target.is_symlink() or (target.exists() and not target.is_dir()):
+        raise PlacementError(f"{target} exists and is not a folder; remove it or choose another file name")
+    if target.is_dir():
+        if all(p.is_file() and sha256_file(p) == digest for p, digest in placed.items()):
+            return placed, False
+        if not overwrite:
+            raise PlacementError(f"{target} already exists with different content; turn on overwrite or choose "
+                                 "another file name or subfolder")  # fmt: skip
+    with atomic_folder(target) as building:
+        for name, path, _ in planned:
+            shutil.copyfile(path, building / name)
+    return placed, True

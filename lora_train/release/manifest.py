@@ -64,11 +64,13 @@ class Release:
 
     @property
     def weights(self) -> ManifestFile:
-        """The release's `.safetensors` file (the first one if there are several)."""
-        for item in self.files:
-            if item.name.endswith(".safetensors"):
-                return item
-        raise ManifestError(f"release v{self.version} lists no .safetensors file")
+        """The release's `.safetensors` file (the first one if there are several); for an adapter-folder release,
+        which ships as a zip only, that zip."""
+        for suffix in (".safetensors", ".zip"):
+            for item in self.files:
+                if item.name.endswith(suffix):
+                    return item
+        raise ManifestError(f"release v{self.version} lists no .safetensors or .zip file")
 
 
 @dataclass

@@ -15,6 +15,7 @@ EXPORTS = {
     "Example": "host_api",
     "Progress": "host_api",
     "Distributed": "distributed",
+    "SINGLE_PROCESS": "distributed",
     "DistributedError": "distributed",
     "from_environment": "distributed",
     "pick_device_type": "distributed",
@@ -27,6 +28,15 @@ EXPORTS = {
     "loss_chart": "plot",
     "save_lora": "lora_io",
     "load_lora": "lora_io",
+    "OPTIMIZERS": "optim",
+    "SCHEDULES": "optim",
+    "make_optimizer": "optim",
+    "make_scheduler": "optim",
+    "ResumeState": "resume",
+    "ResumeError": "resume",
+    "load_state": "resume",
+    "save_state": "resume",
+    "state_path": "resume",
 }
 __all__ = sorted(EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, EXPORTS)

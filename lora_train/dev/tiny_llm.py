@@ -1,0 +1,84 @@
+"""Tiny, seeded causal-LM folders for tests (random weights, a few kilobytes): a byte-level BPE tokenizer trained on
+the fly with `tokenizers` (no download), with a chat template set here, and Llama / GLM / GLM-4 configs of width 32."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+# A plain-text template with role markers; renders each conversation prefix as a prefix of the whole.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}<|end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+SPECIAL_TOKENS = ["<s>", "</s>", "<pad>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
+CORPUS = [
+    "the quick brown fox jumps over the lazy dog",
+    "what is the capital of france? paris is the capital of france.",
+    "translate to pirate: hello friend -> ahoy matey",
+    "answer with a colour: the sky is blue, grass is green, blood is red",
+    "0 1 2 3 4 5 6 7 8 9 + - = ? ! . , : ; ' \" ( ) [ ] { }",
+]
+LAYERS = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+          "num_key_value_heads": 2, "max_position_embeddings": 512,
+          # Wide initial weights: with the default 0.02 a width-32 model's logits stay within about +-0.6 whatever the
+          # adapters do (the output head and norms are frozen), so no test could see memorisation.
+          "initializer_range": 0.3}  # fmt: skip
+FAMILIES = ("llama", "glm", "glm4")
+
+
+def write_tiny_tokenizer(folder: str | Path, *, chat_template: str | None = CHAT_TEMPLATE, vocab_size: int = 320):
+    """A fast tokenizer (byte-level BPE trained on a small fixed corpus) saved into `folder`; returns it."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    backend.train_from_iterator(CORPUS * 4, trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>",
+                                        pad_token="<pad>")  # fmt: skip
+    if chat_template is not None:
+        tokenizer.chat_template = chat_template
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(str(folder))
+    return tokenizer
+
+
+def write_tiny_llm(
+    folder: str | Path, family: str = "llama", *, seed: int = 0, chat_template: str | None = CHAT_TEMPLATE
+) -> Path:
+    """A tiny random causal LM of `family` (llama, glm, glm4) with its tokenizer, saved as safetensors in `folder`."""
+    import torch
+    import transformers
+
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+    tokenizer = write_tiny_tokenizer(folder, chat_template=chat_template)
+    config_class, model_class = {
+        "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
+        "glm": (transformers.GlmConfig, transformers.GlmForCausalLM),
+        "glm4": (transformers.Glm4Config, transformers.Glm4ForCausalLM),
+    }[family]
+    ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+           "pad_token_id": tokenizer.pad_token_id}  # fmt: skip
+    config = config_class(vocab_size=len(tokenizer), head_dim=8, **LAYERS, **ids)
+    torch.manual_seed(seed)
+    model_class(config).save_pretrained(str(folder))
+    return Path(folder)
+
+
+def write_remote_code_checkpoint(folder: str | Path) -> Path:
+    """A folder shaped like ChatGLM3's release (config.json with auto_map, modeling_chatglm.py); no weights needed."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    config = {"model_type": "chatglm", "architectures": ["ChatGLMModel"],
+              "auto_map": {"AutoConfig": "configuration_chatglm.ChatGLMConfig",
+                           "AutoModel": "modeling_chatglm.ChatGLMForConditionalGeneration"}}  # fmt: skip
+    (folder / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    (folder / "modeling_chatglm.py").write_text("raise SystemExit('remote code must never run')\n", encoding="utf-8")
+    return folder
