@@ -95,6 +95,7 @@ class FetchLoRA:
         return {
             "required": FetchConfig.comfy_inputs(),
             "optional": {
+                **FetchConfig.comfy_inputs(optional=True),
                 "model": ("MODEL", {"tooltip": "Optional: the diffusion model to apply the fetched LoRA to."}),
                 "clip": ("CLIP", {"tooltip": "Optional: the text encoder to apply the fetched LoRA to."}),
                 "strength_model": ("FLOAT", {**strength, "tooltip": "LoRA strength on the MODEL (can be negative)."}),
@@ -110,7 +111,8 @@ class FetchLoRA:
         result = fetch_lora(cfg, loras_dir(), progress=_NodeProgress(unique_id), cancel=_interrupted)
         if model is not None or clip is not None:
             model, clip = _apply(result.path, model, clip, strength_model, strength_clip)
-        ui = {"lora_name": [result.lora_name], "status": [result.status], "sha256": [result.sha256]}
+        ui = {"lora_name": [result.lora_name], "status": [result.status], "sha256": [result.sha256],
+              "signature": [result.signature]}  # fmt: skip
         return {"ui": ui, "result": (result.lora_name, model, clip, ", ".join(result.trigger_words))}
 
 

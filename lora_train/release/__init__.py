@@ -1,5 +1,6 @@
 """Release: pack a LoRA for publishing as `purpose_type_vN` with a model card, sha256 hashes and a manifest (JSON,
-schema in `schemas/`) listing mirror URLs and the versions kept; `fetch` reads the same manifest."""
+schema in `schemas/`) listing mirror URLs and the versions kept, optionally signed (Ed25519, detached
+`manifest.json.sig`); `fetch` reads and verifies the same manifest."""
 
 from lora_train.lazy import lazy_exports
 
@@ -12,6 +13,19 @@ EXPORTS = {
     "Manifest": "manifest",
     "ManifestError": "manifest",
     "load_manifest": "manifest",
+    "dump_manifest": "manifest",
+    "ManifestFile": "manifest",
+    "SigningError": "signing",
+    "generate_key": "signing",
+    "load_private_key": "signing",
+    "load_trusted_keys": "signing",
+    "sign_bytes": "signing",
+    "signature_path": "signing",
+    "signer_of": "signing",
+    "verify_manifest": "signing",
+    "Verdict": "signing",
+    "SIGNATURE_SUFFIX": "signing",
+    "TRUSTED_KEYS_ENV": "signing",
 }
 __all__ = sorted(EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, EXPORTS)

@@ -35,6 +35,7 @@ from pathlib import Path
 from lora_train.fsutil import atomic_write_text, sha256_file
 from lora_train.release import manifest as mf
 from lora_train.release.model_card import SAMPLE_SUFFIXES, render_model_card
+from lora_train.release.signing import SigningError, signing_key, write_manifest_files
 from lora_train.safetensors_file import SafetensorsError, SafetensorsHeader, read_header, write_with_metadata
 from lora_train.settings import Settings, setting
 
@@ -91,6 +92,8 @@ class PublishConfig(Settings):
     output_dir: str = setting("", "Folder holding release folders; empty = ComfyUI output/lora_releases "
                               "(node) or ./releases (command line).")  # fmt: skip
     date: str = setting("", "Release date YYYY-MM-DD; empty = today.", advanced=True)
+    sign_key: str = setting("", "Ed25519 private key file to sign manifest.json with (python -m lora_train keygen); "
+                            "writes manifest.json.sig beside it. Empty = unsigned.", optional=True)  # fmt: skip
 
 
 @dataclass
@@ -357,11 +360,14 @@ def staging(releases_dir: Path, name: str, dry_run: bool) -> Iterator[Path]:
 def commit(stage: Path, release_dir: Path, files: list[str]) -> None:
     """Move the staged files into the release folder: new files first, then README.md, manifest.json last."""
     release_dir.mkdir(parents=True, exist_ok=True)
-    clashes = [n for n in files if n not in ("README.md", "manifest.json") and (release_dir / n).exists()]
+    rewritten = ("README.md", "manifest.json", "manifest.json.sig")
+    clashes = [n for n in files if n not in rewritten and (release_dir / n).exists()]
     if clashes:
         raise PublishError(f"{release_dir} already holds {', '.join(clashes)}; releases are never overwritten")
     for file_name in files:
         os.replace(stage / file_name, release_dir / file_name)
+    if "manifest.json.sig" not in files:
+        (release_dir / "manifest.json.sig").unlink(missing_ok=True)  # an unsigned manifest: the old one is stale
 
 
 def publish_lora(cfg: PublishConfig, lora_path: str | os.PathLike, releases_dir: str | os.PathLike) -> PublishResult:
@@ -374,6 +380,10 @@ def publish_lora(cfg: PublishConfig, lora_path: str | os.PathLike, releases_dir:
         datetime.date.fromisoformat(date)
     except ValueError:
         raise PublishError(f"date must look like 2026-11-30, got {date!r}") from None
+    try:
+        private, signer = signing_key(cfg.sign_key)
+    except SigningError as exc:
+        raise PublishError(f"sign_key: {exc}") from None
     tensors = checked_tensors(source)
     releases_root = Path(releases_dir)
     release_dir = releases_root / name
@@ -407,9 +417,9 @@ def publish_lora(cfg: PublishConfig, lora_path: str | os.PathLike, releases_dir:
             write_zip(zip_path, [weights, stage / "README.md", *samples])
             zip_entry = mf.ManifestFile(zip_path.name, zip_path.stat().st_size, sha256_file(zip_path))
             manifest.select(version).files.append(zip_entry)  # after the card: the zip holds the card
-        atomic_write_text(stage / "manifest.json", mf.dump_manifest(manifest))
+        manifest_names = write_manifest_files(stage, manifest, private, signer)
         names = [weights.name, *(p.name for p in samples), *([zip_path.name] if zip_path else []),
-                 "README.md", "manifest.json"]  # fmt: skip
+                 "README.md", *manifest_names]  # fmt: skip
         if not cfg.dry_run:
             commit(stage, release_dir, names)
     result = PublishResult(
