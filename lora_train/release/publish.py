@@ -433,6 +433,18 @@ def publish_lora(cfg: PublishConfig, lora_path: str | os.PathLike, releases_dir:
     return result
 
 
+def refresh_model_card(release_dir: Path, manifest: mf.Manifest, version: int) -> str:
+    """The README.md of `version` rendered again from `manifest` (after uploads added destinations or a signer)."""
+    release = manifest.select(version)
+    weights = release_dir / release.weights.name
+    metadata = read_header(weights).metadata
+    vname = mf.versioned_name(manifest.name, version)
+    samples = sorted(p.name for p in release_dir.glob(f"{vname}_sample*") if p.suffix.lower() in SAMPLE_SUFFIXES)
+    sha = release.weights.sha256
+    hashes = {"sha256": sha, "autov2": autov2(sha), "sshs_model_hash": metadata.get("sshs_model_hash", "")}
+    return render_model_card(manifest, version, metadata, samples, hashes)
+
+
 def result_summary(result: PublishResult) -> dict:
     """The result as plain JSON-able values (CLI output, node UI)."""
     body = dataclasses.asdict(result)
