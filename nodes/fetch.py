@@ -95,11 +95,12 @@ class FetchLoRA:
         return {
             "required": FetchConfig.comfy_inputs(),
             "optional": {
-                **FetchConfig.comfy_inputs(optional=True),
                 "model": ("MODEL", {"tooltip": "Optional: the diffusion model to apply the fetched LoRA to."}),
                 "clip": ("CLIP", {"tooltip": "Optional: the text encoder to apply the fetched LoRA to."}),
                 "strength_model": ("FLOAT", {**strength, "tooltip": "LoRA strength on the MODEL (can be negative)."}),
                 "strength_clip": ("FLOAT", {**strength, "tooltip": "LoRA strength on the CLIP (can be negative)."}),
+                # Added later: after every older widget, so saved workflows' widget values keep their places.
+                **FetchConfig.comfy_inputs(optional=True),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }

@@ -188,7 +188,14 @@ def moto_s3(bucket: str | None = "releases") -> Iterator[S3Server]:
             if bucket:
                 import boto3
 
-                boto3.client("s3", endpoint_url=proxy.url, region_name="us-east-1").create_bucket(Bucket=bucket)
+                client = boto3.client(
+                    "s3",
+                    endpoint_url=proxy.url,
+                    region_name="us-east-1",
+                    aws_access_key_id="moto",
+                    aws_secret_access_key="moto",
+                )  # moto takes any
+                client.create_bucket(Bucket=bucket)
             yield S3Server(proxy.url, proxy)
     finally:
         server.stop()

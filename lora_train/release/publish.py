@@ -94,6 +94,16 @@ class PublishConfig(Settings):
     date: str = setting("", "Release date YYYY-MM-DD; empty = today.", advanced=True)
     sign_key: str = setting("", "Ed25519 private key file to sign manifest.json with (python -m lora_train keygen); "
                             "writes manifest.json.sig beside it. Empty = unsigned.", optional=True)  # fmt: skip
+    destinations: list[str] = setting(  # noqa: RUF009
+        [],
+        "Upload the release here, one per line, in priority order: a folder (folder:/srv/www?url=https://public/), "
+        "webdav://host/path, s3://bucket/prefix?endpoint=URL or hf://org/repo. Credentials come from environment "
+        "variables only. The manifest lists the links, written last, after every upload is verified.",
+        multiline=True,
+        optional=True,
+    )
+    link_expiry: str = setting("7d", "How long presigned S3 links stay valid (30m, 12h, 7d; at most 7d). Renew them "
+                               "with publish --resign.", optional=True)  # fmt: skip
 
 
 @dataclass

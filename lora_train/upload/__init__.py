@@ -15,6 +15,7 @@ EXPORTS = {
     "DistributeResult": "distribute",
     "distribute_release": "distribute",
     "renew_links": "distribute",
+    "publish_and_upload": "distribute",
 }
 __all__ = sorted(EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, EXPORTS)

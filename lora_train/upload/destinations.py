@@ -101,8 +101,11 @@ def canonical(parts: urllib.parse.SplitResult, options: dict[str, str]) -> str:
     return urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path, query, ""))
 
 
-def parse_destination(spec: str, *, expires: str | int | None = None) -> Destination:
-    """A Destination from its string (see the module docstring); `expires` overrides the spec's for S3 links."""
+def parse_destination(
+    spec: str, *, expires: str | int | None = None, default_expires: str | int | None = None
+) -> Destination:
+    """A Destination from its string (see the module docstring). For S3 links, `expires` overrides the spec's
+    `expires=`; `default_expires` applies when the spec gives none."""
     text = spec.strip()
     if not text:
         raise UploadError("empty destination: give a folder, webdav://, s3:// or hf:// destination")
@@ -117,8 +120,10 @@ def parse_destination(spec: str, *, expires: str | int | None = None) -> Destina
                           "webdavs://, s3:// or hf://")  # fmt: skip
     options = dict(urllib.parse.parse_qsl(parts.query, keep_blank_values=True))
     _refuse_credentials(text, parts, options)
-    if expires is not None and kind == "s3":
+    if kind == "s3" and expires is not None:
         options["expires"] = str(expires)
+    elif kind == "s3" and default_expires is not None:
+        options.setdefault("expires", str(default_expires))
     module = importlib.import_module(f"{__package__}.{DESTINATION_KINDS[kind]}")
     return module.make(parts, options)
 

@@ -22,8 +22,11 @@ from lora_train.fsutil import atomic_write_text, sha256_file
 from lora_train.release import (
     Manifest,
     ManifestError,
+    PublishConfig,
+    PublishResult,
     SigningError,
     load_manifest,
+    publish_lora,
     refresh_model_card,
     signature_path,
     signing_key,
@@ -89,6 +92,7 @@ def _payload(release_dir: Path, manifest: Manifest, version: int) -> list[tuple[
 
 def same_object(a: str, b: str) -> bool:
     """Two links to the same object (a renewed presigned link differs only in its query)."""
+
     def where(url: str) -> tuple[str, str, str]:
         parts = urllib.parse.urlsplit(url)
         return parts.scheme, parts.netloc, urllib.parse.unquote(parts.path)
@@ -194,3 +198,28 @@ def renew_links(
     _upload_manifest(folder, destinations, names, result, progress)
     log.info("renewed %d presigned link(s) in %s", renewed, folder / "manifest.json")
     return result
+
+
+def publish_and_upload(
+    cfg: PublishConfig,
+    lora_path: str | Path,
+    releases_dir: str | Path,
+    *,
+    progress: UploadProgress | None = None,
+) -> tuple[PublishResult, DistributeResult | None]:
+    """Publish `lora_path` (see `publish_lora`), then upload the new version to `cfg.destinations`.
+
+    Every destination is parsed before anything is written, so a mistyped one costs nothing. When an upload fails,
+    the local release folder is complete and the error says how to retry only the upload."""
+    destinations = [parse_destination(spec, default_expires=cfg.link_expiry) for spec in cfg.destinations]
+    result = publish_lora(cfg, lora_path, releases_dir)
+    if not destinations or result.dry_run:
+        return result, None
+    try:
+        uploaded = distribute_release(result.release_dir, destinations, version=result.version,
+                                      sign_key=cfg.sign_key, progress=progress)  # fmt: skip
+    except UploadError as exc:
+        raise UploadError(f"{exc}\nThe release {result.release_dir} is complete locally and no uploaded manifest "
+                          "changed; retry the upload with: python -m lora_train publish --release "
+                          f"{result.release_dir} --to DEST") from None  # fmt: skip
+    return result, uploaded

@@ -58,6 +58,3 @@ def make(parts: urllib.parse.SplitResult, options: dict[str, str]) -> FolderDest
     folder = Path(raw).expanduser().resolve()
     location = canonical(parts._replace(scheme="folder", netloc="", path=str(folder)), options)
     return FolderDestination(location, options, folder)
-
-
-
