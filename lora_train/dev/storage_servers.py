@@ -28,6 +28,19 @@ S3_EXPIRED = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenie
 HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "te", "upgrade", "proxy-connection"}
 
 
+def read_request_body(handler: BaseHTTPRequestHandler) -> bytes:
+    """A request's whole body, sent with Content-Length or chunked."""
+    if handler.headers.get("Transfer-Encoding", "").lower() == "chunked":
+        parts = []
+        while (size := int(handler.rfile.readline().split(b";")[0], 16)) > 0:
+            parts.append(handler.rfile.read(size))
+            handler.rfile.readline()
+        while handler.rfile.readline() not in (b"\r\n", b"\n", b""):
+            pass
+        return b"".join(parts)
+    return handler.rfile.read(int(handler.headers.get("Content-Length") or 0))
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -121,17 +134,6 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         signed = datetime.datetime.strptime(query["x-amz-date"], "%Y%m%dT%H%M%SZ").replace(tzinfo=datetime.UTC)
         return self.server.now() > signed + datetime.timedelta(seconds=int(query["x-amz-expires"]))
 
-    def _body(self) -> bytes:
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            parts = []
-            while (size := int(self.rfile.readline().split(b";")[0], 16)) > 0:
-                parts.append(self.rfile.read(size))
-                self.rfile.readline()
-            while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                pass
-            return b"".join(parts)
-        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
-
     def _answer(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
         self.send_response(status)
         head = self.command == "HEAD"  # a HEAD answer keeps the upstream Content-Length (the object's size)
@@ -145,7 +147,7 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def _forward(self) -> None:
-        body = self._body()
+        body = read_request_body(self)
         if self.command == "GET" and self._expired():
             self.server.expired_answers += 1
             return self._answer(403, [("Content-Type", "application/xml")], S3_EXPIRED)
