@@ -35,7 +35,7 @@ from pathlib import Path
 from lora_train.fsutil import atomic_write_text, sha256_file
 from lora_train.release import manifest as mf
 from lora_train.release.model_card import SAMPLE_SUFFIXES, render_model_card
-from lora_train.release.signing import SigningError, signing_key, write_manifest_files
+from lora_train.release.signing import SigningError, signing_key, stamp_signer, write_manifest_files
 from lora_train.safetensors_file import SafetensorsError, SafetensorsHeader, read_header, write_with_metadata
 from lora_train.settings import Settings, setting
 
@@ -398,6 +398,10 @@ def publish_lora(cfg: PublishConfig, lora_path: str | os.PathLike, releases_dir:
     releases_root = Path(releases_dir)
     release_dir = releases_root / name
     previous = load_previous(release_dir, name)
+    if previous is not None and previous.signer and private is None:
+        who = previous.signer.get("name") or previous.signer["key_id"]
+        raise PublishError(f"{release_dir / 'manifest.json'} is signed by {who}: give sign_key so the new manifest "
+                           "is signed too (or delete its \"signer\" entry to publish unsigned)")  # fmt: skip
     version = choose_version(cfg.version, existing_versions(release_dir, name, previous), name)
     vname = mf.versioned_name(name, version)
     metadata = release_metadata(cfg, header.metadata, name, version, date)
@@ -418,6 +422,7 @@ def publish_lora(cfg: PublishConfig, lora_path: str | os.PathLike, releases_dir:
             shutil.copyfile(image, samples[-1])
         entries = [mf.ManifestFile(weights.name, weights.stat().st_size, file_sha)]
         manifest = next_manifest(cfg, name, header.metadata, previous, mf.Release(version, date, entries))
+        stamp_signer(manifest, private, signer)  # before the card, which names the signer
         hashes = {"sha256": file_sha, "autov2": autov2(file_sha), "sshs_model_hash": model_hash}
         card = render_model_card(manifest, version, metadata, [p.name for p in samples], hashes)
         atomic_write_text(stage / "README.md", card)

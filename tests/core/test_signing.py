@@ -184,3 +184,15 @@ def test_unreadable_signature_file_is_a_clear_error():
 
     with pytest.raises(SigningError, match="not a lora_train signature file"):
         read_signature(b"<html>oops</html>")
+
+
+def test_next_version_of_a_signed_release_needs_the_key(release, keys, tmp_path):
+    from lora_train.release import PublishError
+
+    lora = tmp_path / "next.safetensors"
+    make_lora(lora, seed=1)
+    with pytest.raises(PublishError, match="is signed by alice: give sign_key"):
+        publish_lora(config(), lora, tmp_path / "releases")
+    second = publish_lora(config(sign_key=str(keys["private"])), lora, tmp_path / "releases")
+    assert second.version == 2 and load_manifest(second.manifest_path).signer["name"] == "alice"
+    assert "## Signature" in second.readme_path.read_text() and keys["key"].key_id in second.readme_path.read_text()
