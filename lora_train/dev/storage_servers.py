@@ -52,7 +52,10 @@ def ensure_rclone() -> str:
     found = shutil.which("rclone")
     if found:
         return found
-    subprocess.run(["apt-get", "install", "-y", "-q", "rclone"], check=True, capture_output=True, timeout=600)
+    install = ["apt-get", "install", "-y", "-q", "rclone"]
+    if subprocess.run(install, capture_output=True, timeout=600).returncode != 0:  # a fresh machine: no lists yet
+        subprocess.run(["apt-get", "update", "-q"], check=True, capture_output=True, timeout=600)
+        subprocess.run(install, check=True, capture_output=True, timeout=600)
     found = shutil.which("rclone")
     if not found:
         raise RuntimeError("rclone is still missing after apt-get install rclone")

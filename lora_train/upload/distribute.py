@@ -109,7 +109,9 @@ def _record_destinations(manifest: Manifest, version: int, destinations: list[De
     """Each file's links (the new destinations first; mirrors kept) and the version's destination records."""
     release = manifest.select(version)
     for item in release.files:
-        current = item.urls or (manifest.file_urls(release, item) if manifest.mirrors else [])
+        # Links as the manifest states them (relative mirrors stay relative): its own, else each mirror + its name.
+        current = item.urls or [(m if m.endswith("/") else m + "/") + urllib.parse.quote(item.name)
+                                for m in manifest.mirrors]  # fmt: skip
         fresh = [link for dest in destinations if (link := dest.link(item.name))]
         item.urls = _merge_links(current, fresh)
     records = [dest.record() for dest in destinations]

@@ -284,3 +284,14 @@ def test_s3_upload_failing_midway_leaves_no_object_and_no_manifest(tmp_path):
         assert s3_objects(s3.endpoint) == {}
     assert release.manifest_path.read_bytes() == before
     assert json.loads(before)["releases"][0]["files"][0].get("urls", []) == []
+
+
+def test_earlier_mirrors_stay_after_the_new_links_relative_ones_unresolved(tmp_path):
+    lora = tmp_path / "trained.safetensors"
+    make_lora(lora)
+    release = publish_lora(config(mirrors="./, https://cdn.example/x"), lora, tmp_path / "releases")
+    site = tmp_path / "site"
+    distribute_release(release.release_dir, [parse_destination(f"{site}?url=https://files.example/p/")])
+    name = release.weights_path.name
+    assert load_manifest(release.manifest_path).releases[0].files[0].urls == [
+        f"https://files.example/p/{name}", f"./{name}", f"https://cdn.example/x/{name}"]  # fmt: skip
