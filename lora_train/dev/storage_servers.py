@@ -95,7 +95,8 @@ def rclone_webdav(root: Path, user: str = "uploader", password: str = "s3cret-pa
 
 class ExpiryProxy(ThreadingHTTPServer):
     """Forwards every request to an S3 server; refuses presigned links past X-Amz-Date + X-Amz-Expires on its clock
-    (`offset` moves that clock). `fail_puts` makes PUT answers 500 (an upload cut server-side)."""
+    (`offset` moves that clock). `fail_puts` (every PUT) or `fail_part` (one multipart part) answer 500: an upload
+    cut server-side."""
 
     daemon_threads = True
 
@@ -104,6 +105,8 @@ class ExpiryProxy(ThreadingHTTPServer):
         self.upstream = upstream
         self.offset = datetime.timedelta(0)
         self.fail_puts = False
+        self.fail_part: int | None = None  # answer 500 to PUTs of this multipart part number
+        self.puts: list[str] = []  # every PUT's path and query, in order
         self.expired_answers = 0
         self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
@@ -154,7 +157,11 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         if self.command == "GET" and self._expired():
             self.server.expired_answers += 1
             return self._answer(403, [("Content-Type", "application/xml")], S3_EXPIRED)
-        if self.command == "PUT" and self.server.fail_puts:
+        if self.command == "PUT":
+            self.server.puts.append(self.path)
+        part = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(self.path).query)).get("partNumber")
+        failing_part = self.server.fail_part is not None and part == str(self.server.fail_part)
+        if self.command == "PUT" and (self.server.fail_puts or failing_part):
             return self._answer(500, [("Content-Type", "application/xml")], b"<Error><Code>InternalError</Code>"
                                 b"<Message>disk died</Message></Error>")  # fmt: skip
         headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_HEADERS}

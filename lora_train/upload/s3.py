@@ -1,8 +1,8 @@
-"""S3-compatible object storage through boto3 (AWS, MinIO, R2, B2, Wasabi, Ceph, ...). Large files go up in
-parts (multipart, parts retried by boto3; an upload that fails is aborted, and S3 only shows an object once it is
-complete, so nothing partial ever sits under its key). Each object is verified by HEAD (size, the sha256 stored as
-its metadata) and by reading it back. Links are presigned GETs (SigV4) valid for the chosen expiry, at most 7 days:
-`publish --resign` renews them without uploading again."""
+"""S3-compatible object storage through boto3 (AWS, MinIO, R2, B2, Wasabi, Ceph, ...). Files larger than a part go
+up in parts (multipart; each request retried by botocore with backoff; a cut upload resumes on the next run, see
+`s3_multipart`), and S3 only shows an object once it is complete, so nothing partial ever sits under its key. Each
+object is verified by HEAD (size, the sha256 stored as its metadata) and by reading it back. Links are presigned
+GETs (SigV4) valid for the chosen expiry, at most 7 days: `publish --resign` renews them without uploading again."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from lora_train.upload.destinations import (
     canonical,
     parse_expiry,
 )
+from lora_train.upload.s3_multipart import upload_multipart
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,6 @@ class S3Destination(Destination):
             raise self._fail(f"checking bucket {self.bucket}", exc) from None
 
     def upload(self, path: Path, name: str, sha256: str, progress: Progress | None = None) -> None:
-        from boto3.s3.transfer import TransferConfig
         from botocore.exceptions import BotoCoreError, ClientError
 
         total, sent = path.stat().st_size, [0]
@@ -106,14 +106,18 @@ class S3Destination(Destination):
             if progress:
                 progress(sent[0], total)
 
-        config = TransferConfig(multipart_threshold=self.part_size, multipart_chunksize=self.part_size)
+        key, metadata = self.key(name), {"sha256": sha256}
         try:
-            self.client.upload_file(str(path), self.bucket, self.key(name), Config=config, Callback=on_bytes,
-                                    ExtraArgs={"Metadata": {"sha256": sha256}})  # fmt: skip
+            if total > self.part_size:
+                reused = upload_multipart(self.client, self.bucket, key, path, self.part_size, metadata, on_bytes)
+                if reused:
+                    log.info("%s: %s resumed, %d part(s) were already uploaded", self, name, reused)
+            else:
+                with open(path, "rb") as body:
+                    self.client.put_object(Bucket=self.bucket, Key=key, Body=body, Metadata=metadata)
+                on_bytes(total)
         except (ClientError, BotoCoreError, OSError) as exc:
-            raise self._fail(f"uploading {name}", exc) from None
-        except Exception as exc:  # s3transfer wraps part failures in its own S3UploadFailedError
-            raise self._fail(f"uploading {name}", exc) from None
+            raise self._fail(f"uploading {name} (an interrupted upload resumes on the next run)", exc) from None
         self._verify(name, total, sha256)
 
     def _verify(self, name: str, size: int, sha256: str) -> None:

@@ -272,18 +272,29 @@ def test_s3_missing_bucket_is_named_before_any_upload(release, tmp_path):
     assert release.manifest_path.read_bytes() == before
 
 
-def test_s3_upload_failing_midway_leaves_no_object_and_no_manifest(tmp_path):
+def test_s3_upload_cut_midway_leaves_no_object_nor_manifest_and_resumes_on_the_next_run(tmp_path, caplog):
+    caplog.set_level(logging.INFO)
     release = big_release(tmp_path)
     before = release.manifest_path.read_bytes()
+    weights = release.weights_path.name
     with moto_s3() as s3:
-        s3.proxy.fail_puts = True  # every part upload fails: the multipart upload is aborted
+        s3.proxy.fail_part = 2  # part 1 goes up, part 2 fails every time: the run stops there
         dest = parse_destination(f"s3://releases/x?endpoint={s3.endpoint}&part_mb=5&retries=0")
-        with pytest.raises(UploadError, match=rf"s3 s3://releases/x.*uploading {release.weights_path.name}"):
+        with pytest.raises(UploadError, match=rf"s3 s3://releases/x.*uploading {weights} \(an interrupted upload "
+                           r"resumes on the next run\)"):  # fmt: skip
             distribute_release(release.release_dir, [dest])
-        s3.proxy.fail_puts = False
-        assert s3_objects(s3.endpoint) == {}
-    assert release.manifest_path.read_bytes() == before
-    assert json.loads(before)["releases"][0]["files"][0].get("urls", []) == []
+        assert s3_objects(s3.endpoint) == {}, "no object, no manifest: S3 shows nothing before completion"
+        assert release.manifest_path.read_bytes() == before
+        assert json.loads(before)["releases"][0]["files"][0].get("urls", []) == []
+
+        s3.proxy.fail_part, first_run = None, len(s3.proxy.puts)
+        distribute_release(release.release_dir, [dest])
+        parts = [p.split("partNumber=")[1].split("&")[0] for p in s3.proxy.puts[first_run:] if "partNumber=" in p]
+        assert sorted(parts) == ["2", "3"], "part 1 was kept from the cut run"
+        objects = s3_objects(s3.endpoint)
+    assert objects[f"x/{weights}"]["Size"] == release.weights_path.stat().st_size
+    assert "resumed, 1 part(s) were already uploaded" in caplog.text
+    assert load_manifest(release.manifest_path).releases[0].files[0].urls[0].startswith(f"{s3.endpoint}/releases/x/")
 
 
 def test_earlier_mirrors_stay_after_the_new_links_relative_ones_unresolved(tmp_path):
