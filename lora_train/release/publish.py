@@ -380,28 +380,43 @@ def commit(stage: Path, release_dir: Path, files: list[str]) -> None:
         (release_dir / "manifest.json.sig").unlink(missing_ok=True)  # an unsigned manifest: the old one is stale
 
 
-def publish_lora(cfg: PublishConfig, lora_path: str | os.PathLike, releases_dir: str | os.PathLike) -> PublishResult:
-    """Publish `lora_path` as the next (or requested) version of `cfg.name` under `releases_dir/<name>/`."""
-    name = check_name(cfg.name)
-    source = Path(lora_path)
-    header = read_lora(source)
+def release_date(cfg: PublishConfig) -> str:
+    """The configured date (checked), else today."""
     date = cfg.date or datetime.date.today().isoformat()
     try:
         datetime.date.fromisoformat(date)
     except ValueError:
         raise PublishError(f"date must look like 2026-11-30, got {date!r}") from None
+    return date
+
+
+def _signing_key(cfg: PublishConfig) -> tuple[object | None, str]:
     try:
-        private, signer = signing_key(cfg.sign_key)
+        return signing_key(cfg.sign_key)
     except SigningError as exc:
         raise PublishError(f"sign_key: {exc}") from None
-    tensors = checked_tensors(source)
-    releases_root = Path(releases_dir)
-    release_dir = releases_root / name
-    previous = load_previous(release_dir, name)
+
+
+def _keep_signed(previous: mf.Manifest | None, private: object | None, release_dir: Path) -> None:
+    """A signed release stays signed: the next version without the key is refused."""
     if previous is not None and previous.signer and private is None:
         who = previous.signer.get("name") or previous.signer["key_id"]
         raise PublishError(f"{release_dir / 'manifest.json'} is signed by {who}: give sign_key so the new manifest "
                            "is signed too (or delete its \"signer\" entry to publish unsigned)")  # fmt: skip
+
+
+def publish_lora(cfg: PublishConfig, lora_path: str | os.PathLike, releases_dir: str | os.PathLike) -> PublishResult:
+    """Publish `lora_path` as the next (or requested) version of `cfg.name` under `releases_dir/<name>/`."""
+    name = check_name(cfg.name)
+    source = Path(lora_path)
+    header = read_lora(source)
+    date = release_date(cfg)
+    private, signer = _signing_key(cfg)
+    tensors = checked_tensors(source)
+    releases_root = Path(releases_dir)
+    release_dir = releases_root / name
+    previous = load_previous(release_dir, name)
+    _keep_signed(previous, private, release_dir)
     version = choose_version(cfg.version, existing_versions(release_dir, name, previous), name)
     vname = mf.versioned_name(name, version)
     metadata = release_metadata(cfg, header.metadata, name, version, date)
