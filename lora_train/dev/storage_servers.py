@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import http.client
+import logging
 import shutil
 import socket
 import subprocess
@@ -188,6 +189,7 @@ def moto_s3(bucket: str | None = "releases") -> Iterator[S3Server]:
     """moto's S3 server on a loopback port behind an ExpiryProxy; `bucket` is created (None: none)."""
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
