@@ -27,8 +27,10 @@ def setting(
     multiline: bool = False,
     advanced: bool = False,
     widget: bool = True,
+    optional: bool = False,
 ) -> Any:
-    """Declare one setting. `choices` may name a registry's keys; `widget=False` keeps it out of node widgets."""
+    """Declare one setting. `choices` may name a registry's keys; `widget=False` keeps it out of node widgets;
+    `optional=True` makes it an optional node input (settings added later, so saved workflows stay valid)."""
     meta = {
         "help": help,
         "min": min,
@@ -38,6 +40,7 @@ def setting(
         "multiline": multiline,
         "advanced": advanced,
         "widget": widget,
+        "optional": optional,
     }
     if isinstance(default, list | dict | set):
         factory = type(default)(default)
@@ -165,14 +168,15 @@ class Settings:
 
     # ---- front ends ----------------------------------------------------------------------------------
     @classmethod
-    def comfy_inputs(cls, *, skip: typing.Iterable[str] = ()) -> dict[str, tuple]:
-        """ComfyUI V1 `INPUT_TYPES` entries for every widget setting, with tooltips from the help text."""
+    def comfy_inputs(cls, *, skip: typing.Iterable[str] = (), optional: bool = False) -> dict[str, tuple]:
+        """ComfyUI V1 `INPUT_TYPES` entries for every widget setting, with tooltips from the help text: the required
+        ones, or with `optional=True` those declared optional."""
         skipped = set(skip)
         inputs: dict[str, tuple] = {}
         hints = cls._hints()
         for f in dataclasses.fields(cls):
             meta = f.metadata
-            if not meta.get("widget", True) or f.name in skipped:
+            if not meta.get("widget", True) or f.name in skipped or meta.get("optional", False) != optional:
                 continue
             typ, _ = _base_type(hints[f.name])
             default = f.default if f.default is not _MISSING else f.default_factory()  # type: ignore[misc]

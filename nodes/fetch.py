@@ -99,6 +99,8 @@ class FetchLoRA:
                 "clip": ("CLIP", {"tooltip": "Optional: the text encoder to apply the fetched LoRA to."}),
                 "strength_model": ("FLOAT", {**strength, "tooltip": "LoRA strength on the MODEL (can be negative)."}),
                 "strength_clip": ("FLOAT", {**strength, "tooltip": "LoRA strength on the CLIP (can be negative)."}),
+                # Added later: after every older widget, so saved workflows' widget values keep their places.
+                **FetchConfig.comfy_inputs(optional=True),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
@@ -110,7 +112,8 @@ class FetchLoRA:
         result = fetch_lora(cfg, loras_dir(), progress=_NodeProgress(unique_id), cancel=_interrupted)
         if model is not None or clip is not None:
             model, clip = _apply(result.path, model, clip, strength_model, strength_clip)
-        ui = {"lora_name": [result.lora_name], "status": [result.status], "sha256": [result.sha256]}
+        ui = {"lora_name": [result.lora_name], "status": [result.status], "sha256": [result.sha256],
+              "signature": [result.signature]}  # fmt: skip
         return {"ui": ui, "result": (result.lora_name, model, clip, ", ".join(result.trigger_words))}
 
 

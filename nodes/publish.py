@@ -54,7 +54,8 @@ class PublishLoRA:
         "Publishes a LoRA as the next version of a named release under output/lora_releases/<name>/: the weights "
         "renamed to <name>_v<N>.safetensors with model-card metadata and hashes (tensors untouched), a README.md "
         "model card with ComfyUI and A1111 usage, and manifest.json listing every version. Never overwrites a "
-        "version; dry_run only lists what it would write."
+        "version; dry_run only lists what it would write. Optional: destinations (a folder, WebDAV, S3, Hugging "
+        "Face Hub) to upload to, with the links written into the manifest last, and sign_key to sign it."
     )
 
     @classmethod
@@ -75,17 +76,23 @@ class PublishLoRA:
                         "lora_name output) or a full path.",
                     },
                 ),
+                # Added later, after every older widget: saved workflows keep their widget values in place.
+                **PublishConfig.comfy_inputs(optional=True),
             },
         }
 
     def execute(self, lora_name: str, lora_file: str = "", **widgets):
-        from lora_train.release import PublishConfig, publish_lora
+        from lora_train.release import PublishConfig
+        from lora_train.upload import publish_and_upload
 
         cfg = PublishConfig.from_dict(widgets)
-        result = publish_lora(cfg, resolve_lora(lora_name, lora_file), releases_dir(cfg.output_dir))
+        result, uploaded = publish_and_upload(cfg, resolve_lora(lora_name, lora_file), releases_dir(cfg.output_dir))
         verb = "would write" if result.dry_run else "wrote"
-        text = f"{result.name} v{result.version}: {verb} " + ", ".join(p.name for p in result.written)
-        return {"ui": {"text": [text]}, "result": (str(result.release_dir), str(result.manifest_path))}
+        lines = [f"{result.name} v{result.version}: {verb} " + ", ".join(p.name for p in result.written)]
+        if uploaded is not None:
+            lines.append(f"uploaded and verified {len(uploaded.uploaded)} file(s)")
+            lines += [f"manifest at {dest}: {link}" for dest, link in uploaded.manifest_links.items()]
+        return {"ui": {"text": ["\n".join(lines)]}, "result": (str(result.release_dir), str(result.manifest_path))}
 
 
 NODE_CLASS_MAPPINGS = {"LoraTrain_PublishLoRA": PublishLoRA}

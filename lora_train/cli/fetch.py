@@ -29,6 +29,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--version", default="", help="manifest release (default: latest)")
     parser.add_argument("--allow-private", action="store_true", help="allow loopback/LAN addresses")
     parser.add_argument("--allow-pickle", action="store_true", help="allow .ckpt/.pt/.bin pickle files (unsafe)")
+    parser.add_argument(
+        "--trusted-keys",
+        default="",
+        metavar="PATH",
+        help="folder of trusted publishers' .pub keys (or one .pub file) to verify manifests with",
+    )
+    parser.add_argument(
+        "--signature-policy",
+        default="warn",
+        choices=("warn", "refuse"),
+        help="unsigned or untrusted manifests: warn (default) or refuse; bad signatures are refused",
+    )
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any other setting")
     parser.set_defaults(func=run)
 
@@ -48,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
     """Fetch, print the saved path; errors go to stderr with exit code 1."""
     values = {"urls": "\n".join(args.urls), "sha256": args.sha256, "subfolder": args.subfolder,
               "version": args.version, "allow_private_addresses": args.allow_private,
-              "allow_pickle": args.allow_pickle}  # fmt: skip
+              "allow_pickle": args.allow_pickle, "trusted_keys": args.trusted_keys,
+              "signature_policy": args.signature_policy}  # fmt: skip
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep:
@@ -65,4 +78,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(f"{result.status}: {result.path}  (lora_name {result.lora_name}, sha256 {result.sha256})")
+    if result.signature:
+        print(f"signature {result.signature}")
     return 0

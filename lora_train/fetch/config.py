@@ -90,6 +90,22 @@ class FetchConfig(Settings):
         widget=False,
     )
     cache_dir: str = setting("", "Folder for partial downloads and verified files (empty: the default).", widget=False)
+    trusted_keys: str = setting(
+        "",
+        "Release signatures: a folder of trusted publishers' .pub keys (or one .pub file). Empty: the "
+        "LORA_TRAIN_TRUSTED_KEYS environment variable, then ~/.config/lora_train/trusted_keys if it exists. "
+        "A manifest with a bad signature is always refused.",
+        optional=True,
+    )
+    signature_policy: str = setting(
+        "warn",
+        "A manifest that is unsigned, or signed by a key you do not trust: warn (fetch and say so) or refuse.",
+        choices=("warn", "refuse"),
+        optional=True,
+    )
+    signature: str = setting(
+        "", "Link or path of the manifest's signature; empty = the manifest's link + .sig.", widget=False
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()

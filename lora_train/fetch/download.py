@@ -73,6 +73,7 @@ class FetchResult:
     files: list[Path] = field(default_factory=list)
     attempts: list[str] = field(default_factory=list)
     trigger_words: list[str] = field(default_factory=list)
+    signature: str = ""  # manifests: "verified: signed by ...", "unsigned: ...", "untrusted: ..."; links: ""
 
 
 class _Reporter:
@@ -186,7 +187,8 @@ def fetch_lora(
     ctx = _open_context(cfg, progress, cancel, sleep)
     try:
         dest_dir = destination_dir(Path(loras_dir), cfg.subfolder)
-        planned, trigger_words = plan_files(cfg, ctx.client, hf_endpoints(cfg.hf_endpoints))
+        plan = plan_files(cfg, ctx.client, hf_endpoints(cfg.hf_endpoints))
+        planned, trigger_words = plan.files, plan.trigger_words
     except (PolicyError, PlacementError) as exc:
         raise FetchError(str(exc)) from None
     placed: dict[Path, str] = {}  # path -> sha256, in placement order
@@ -206,7 +208,8 @@ def fetch_lora(
     ctx.reporter.status("done", downloaded=size, total=size)
     name = primary.relative_to(Path(loras_dir).resolve()).as_posix()
     return FetchResult(name, primary, placed[primary], size, ctx.downloaded, first.mirror,
-                       first.status if changed else "present", list(placed), ctx.attempts, trigger_words)  # fmt: skip
+                       first.status if changed else "present", list(placed), ctx.attempts, trigger_words,
+                       plan.signature)  # fmt: skip
 
 
 def _open_context(
@@ -373,6 +376,14 @@ def _prefix_checker(cfg: FetchConfig, item: PlannedFile) -> Callable[[bytes, int
     return check
 
 
+def sha256_mismatch(got: str, expected: str) -> str:
+    """Both hashes whole, and where they first differ (hashes cut short can look identical)."""
+    first = next((i for i, (a, b) in enumerate(zip(got, expected, strict=False)) if a != b), min(len(got),
+                 len(expected)))  # fmt: skip
+    return (f"sha256 mismatch: got {got}, expected {expected} (they differ from hex digit {first + 1} of "
+            f"{len(expected)} on)")  # fmt: skip
+
+
 def _pickle_refusal(name: str) -> str:
     return (
         f"{name} is a Python pickle (.ckpt/.pt/.pth/.bin), which can run code when loaded; refused. "
@@ -397,7 +408,7 @@ def _accept(transfer, url: str, link: str, item: PlannedFile, partial, ctx: _Con
     if item.sha256 and transfer.sha256 != item.sha256:
         resumed = transfer.resumed_from > 0
         partial.discard()
-        message = f"{where}: sha256 mismatch (got {transfer.sha256[:12]}…, expected {item.sha256[:12]}…)"
+        message = f"{where}: {sha256_mismatch(transfer.sha256, item.sha256)}"
         raise AttemptError(message, "mismatch-resumed" if resumed else NEXT)
     kind = _kind_of(partial.path)
     try:

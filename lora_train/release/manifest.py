@@ -33,9 +33,13 @@ DATE_PATTERN = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
 URL_SCHEMES = ("http", "https")
 
 TOP_KEYS = ("schema", "name", "title", "description", "base_model", "trigger_words", "recommended_weight", "license",
-            "data_source", "mirrors", "releases")  # fmt: skip
+            "data_source", "mirrors", "signer", "releases")  # fmt: skip
 REQUIRED_TOP = ("schema", "name", "releases")
-RELEASE_KEYS = ("version", "date", "files")
+RELEASE_KEYS = ("version", "date", "files", "destinations")
+REQUIRED_RELEASE = ("version", "date", "files")
+SIGNER_KEYS = ("key_id", "name")
+DESTINATION_KEYS = ("kind", "location", "expires")
+KEY_ID_PATTERN = re.compile(r"^[0-9a-f]{16}$")
 FILE_KEYS = ("name", "size", "sha256", "urls")
 REQUIRED_FILE = ("name", "size", "sha256")
 
@@ -56,11 +60,15 @@ class ManifestFile:
 
 @dataclass
 class Release:
-    """One published version: `version` is the N of `<name>_vN`, `date` is ISO `YYYY-MM-DD`."""
+    """One published version: `version` is the N of `<name>_vN`, `date` is ISO `YYYY-MM-DD`.
+
+    `destinations` records where it was uploaded: `{"kind": "s3", "location": "s3://bucket/prefix?...",
+    "expires": "2026-12-08T12:00:00Z"}` (no credentials; `expires` only for signed links)."""
 
     version: int
     date: str
     files: list[ManifestFile]
+    destinations: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def weights(self) -> ManifestFile:
@@ -87,6 +95,7 @@ class Manifest:
     data_source: str = ""
     mirrors: list[str] = field(default_factory=list)
     releases: list[Release] = field(default_factory=list)
+    signer: dict[str, str] = field(default_factory=dict)  # {"key_id": 16 hex, "name": ...}; empty = unsigned
     base_url: str | None = None
 
     @property
@@ -126,6 +135,11 @@ class Manifest:
         """The JSON document (without `base_url`)."""
         body = dataclasses.asdict(self)
         body.pop("base_url")
+        if not body["signer"]:
+            body.pop("signer")
+        for release in body["releases"]:
+            if not release["destinations"]:
+                release.pop("destinations")
         body["releases"] = sorted(body["releases"], key=lambda r: -r["version"])
         return {"schema": SCHEMA_ID, **body}
 
@@ -222,7 +236,9 @@ def _check_release(where: str, entry: Any) -> list[str]:
     if not isinstance(entry, dict):
         return [f"{where}: must be an object with version, date, files"]
     problems = _unknown_keys(f"{where}.", entry, RELEASE_KEYS)
-    problems += [f"{where}.{key}: missing" for key in RELEASE_KEYS if key not in entry]
+    problems += [f"{where}.{key}: missing" for key in REQUIRED_RELEASE if key not in entry]
+    if "destinations" in entry:
+        problems += _check_destinations(f"{where}.destinations", entry["destinations"])
     version = entry.get("version")
     if "version" in entry and (not _is_int(version) or version < 1):
         problems.append(f"{where}.version: must be a whole number >= 1, got {version!r}")
@@ -243,6 +259,31 @@ def _check_release(where: str, entry: Any) -> list[str]:
                 problems += _check_file(f"{where}.files[{index}]", item)
             names = [item.get("name") for item in files if isinstance(item, dict)]
             problems += [f"{where}.files: {n!r} listed twice" for n in _duplicates(names)]
+    return problems
+
+
+def _check_destinations(where: str, value: Any) -> list[str]:
+    if not isinstance(value, list):
+        return [f"{where}: must be a list"]
+    problems = []
+    for index, item in enumerate(value):
+        if not isinstance(item, dict):
+            problems.append(f"{where}[{index}]: must be an object with kind and location")
+            continue
+        problems += _unknown_keys(f"{where}[{index}].", item, DESTINATION_KEYS)
+        problems += [f"{where}[{index}].{key}: missing" for key in ("kind", "location") if key not in item]
+        problems += [f"{where}[{index}].{k}: must be a string" for k, v in item.items() if not isinstance(v, str)]
+    return problems
+
+
+def _check_signer(value: Any) -> list[str]:
+    if not isinstance(value, dict):
+        return ["signer: must be an object with key_id and name"]
+    problems = _unknown_keys("signer.", value, SIGNER_KEYS)
+    if not isinstance(value.get("key_id"), str) or not KEY_ID_PATTERN.match(value["key_id"]):
+        problems.append(f"signer.key_id: must be 16 lowercase hex digits, got {value.get('key_id')!r}")
+    if not isinstance(value.get("name", ""), str):
+        problems.append("signer.name: must be a string")
     return problems
 
 
@@ -278,6 +319,8 @@ def validate_manifest(data: Any) -> list[str]:
         problems += _check_string_list("trigger_words", data["trigger_words"])
     if "mirrors" in data:
         problems += _check_string_list("mirrors", data["mirrors"], urls=True)
+    if "signer" in data:
+        problems += _check_signer(data["signer"])
     weight = data.get("recommended_weight")
     if "recommended_weight" in data and (
         isinstance(weight, bool) or not isinstance(weight, int | float) or not math.isfinite(weight)
@@ -303,11 +346,13 @@ def manifest_from_dict(data: dict[str, Any], base_url: str | None = None) -> Man
         raise ManifestError("invalid manifest: " + "; ".join(problems))
     releases = [
         Release(r["version"], r["date"], [ManifestFile(f["name"], f["size"], f["sha256"], list(f.get("urls", [])))
-                                          for f in r["files"]])
+                                          for f in r["files"]], [dict(d) for d in r.get("destinations", [])])
         for r in data["releases"]
     ]  # fmt: skip
     releases.sort(key=lambda r: -r.version)
     card = {key: data[key] for key in TOP_KEYS if key in data and key not in ("schema", "releases")}
+    if "signer" in card:
+        card["signer"] = dict(card["signer"])
     if "recommended_weight" in card:
         card["recommended_weight"] = float(card["recommended_weight"])
     return Manifest(**card, releases=releases, base_url=base_url)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lora_train.release.manifest import Manifest, versioned_name
+from lora_train.release.manifest import Manifest, Release, versioned_name
 
 SAMPLE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
@@ -100,4 +100,22 @@ def render_model_card(
     ]
     if manifest.mirrors:
         lines += ["", "## Download mirrors", ""] + [f"- {url}" for url in manifest.mirrors]
+    lines += _provenance(manifest, release)
     return "\n".join(lines) + "\n"
+
+
+def _provenance(manifest: Manifest, release: Release) -> list[str]:
+    """Where this version was uploaded (no credentials, no signed links) and who signed the manifest."""
+    lines = []
+    if release.destinations:
+        lines += ["", "## Uploaded to", "", "| Kind | Location | Links expire |", "|---|---|---|"]
+        lines += [f"| {_cell(d['kind'])} | `{_cell(d['location'])}` | {_cell(d.get('expires', 'never'))} |"
+                  for d in release.destinations]  # fmt: skip
+    if manifest.signer:
+        signer = manifest.signer
+        who = signer.get("name") or "anonymous"
+        lines += ["", "## Signature", "",
+                  f"`manifest.json` is signed (Ed25519, `manifest.json.sig`) by **{who}**,"
+                  f" key id `{signer['key_id']}`. Fetch LoRA verifies it when that public key is among your trusted "
+                  "keys."]  # fmt: skip
+    return lines

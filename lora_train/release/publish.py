@@ -35,6 +35,7 @@ from pathlib import Path
 from lora_train.fsutil import atomic_write_text, sha256_file
 from lora_train.release import manifest as mf
 from lora_train.release.model_card import SAMPLE_SUFFIXES, render_model_card
+from lora_train.release.signing import SigningError, signing_key, stamp_signer, write_manifest_files
 from lora_train.safetensors_file import SafetensorsError, SafetensorsHeader, read_header, write_with_metadata
 from lora_train.settings import Settings, setting
 
@@ -91,6 +92,18 @@ class PublishConfig(Settings):
     output_dir: str = setting("", "Folder holding release folders; empty = ComfyUI output/lora_releases "
                               "(node) or ./releases (command line).")  # fmt: skip
     date: str = setting("", "Release date YYYY-MM-DD; empty = today.", advanced=True)
+    sign_key: str = setting("", "Ed25519 private key file to sign manifest.json with (python -m lora_train keygen); "
+                            "writes manifest.json.sig beside it. Empty = unsigned.", optional=True)  # fmt: skip
+    destinations: list[str] = setting(  # noqa: RUF009
+        [],
+        "Upload the release here, one per line, in priority order: a folder (folder:/srv/www?url=https://public/), "
+        "webdav://host/path, s3://bucket/prefix?endpoint=URL or hf://org/repo. Credentials come from environment "
+        "variables only. The manifest lists the links, written last, after every upload is verified.",
+        multiline=True,
+        optional=True,
+    )
+    link_expiry: str = setting("7d", "How long presigned S3 links stay valid (30m, 12h, 7d; at most 7d). Renew them "
+                               "with publish --resign.", optional=True)  # fmt: skip
 
 
 @dataclass
@@ -357,11 +370,39 @@ def staging(releases_dir: Path, name: str, dry_run: bool) -> Iterator[Path]:
 def commit(stage: Path, release_dir: Path, files: list[str]) -> None:
     """Move the staged files into the release folder: new files first, then README.md, manifest.json last."""
     release_dir.mkdir(parents=True, exist_ok=True)
-    clashes = [n for n in files if n not in ("README.md", "manifest.json") and (release_dir / n).exists()]
+    rewritten = ("README.md", "manifest.json", "manifest.json.sig")
+    clashes = [n for n in files if n not in rewritten and (release_dir / n).exists()]
     if clashes:
         raise PublishError(f"{release_dir} already holds {', '.join(clashes)}; releases are never overwritten")
     for file_name in files:
         os.replace(stage / file_name, release_dir / file_name)
+    if "manifest.json.sig" not in files:
+        (release_dir / "manifest.json.sig").unlink(missing_ok=True)  # an unsigned manifest: the old one is stale
+
+
+def release_date(cfg: PublishConfig) -> str:
+    """The configured date (checked), else today."""
+    date = cfg.date or datetime.date.today().isoformat()
+    try:
+        datetime.date.fromisoformat(date)
+    except ValueError:
+        raise PublishError(f"date must look like 2026-11-30, got {date!r}") from None
+    return date
+
+
+def _signing_key(cfg: PublishConfig) -> tuple[object | None, str]:
+    try:
+        return signing_key(cfg.sign_key)
+    except SigningError as exc:
+        raise PublishError(f"sign_key: {exc}") from None
+
+
+def _keep_signed(previous: mf.Manifest | None, private: object | None, release_dir: Path) -> None:
+    """A signed release stays signed: the next version without the key is refused."""
+    if previous is not None and previous.signer and private is None:
+        who = previous.signer.get("name") or previous.signer["key_id"]
+        raise PublishError(f"{release_dir / 'manifest.json'} is signed by {who}: give sign_key so the new manifest "
+                           "is signed too (or delete its \"signer\" entry to publish unsigned)")  # fmt: skip
 
 
 def publish_lora(cfg: PublishConfig, lora_path: str | os.PathLike, releases_dir: str | os.PathLike) -> PublishResult:
@@ -369,15 +410,13 @@ def publish_lora(cfg: PublishConfig, lora_path: str | os.PathLike, releases_dir:
     name = check_name(cfg.name)
     source = Path(lora_path)
     header = read_lora(source)
-    date = cfg.date or datetime.date.today().isoformat()
-    try:
-        datetime.date.fromisoformat(date)
-    except ValueError:
-        raise PublishError(f"date must look like 2026-11-30, got {date!r}") from None
+    date = release_date(cfg)
+    private, signer = _signing_key(cfg)
     tensors = checked_tensors(source)
     releases_root = Path(releases_dir)
     release_dir = releases_root / name
     previous = load_previous(release_dir, name)
+    _keep_signed(previous, private, release_dir)
     version = choose_version(cfg.version, existing_versions(release_dir, name, previous), name)
     vname = mf.versioned_name(name, version)
     metadata = release_metadata(cfg, header.metadata, name, version, date)
@@ -398,6 +437,7 @@ def publish_lora(cfg: PublishConfig, lora_path: str | os.PathLike, releases_dir:
             shutil.copyfile(image, samples[-1])
         entries = [mf.ManifestFile(weights.name, weights.stat().st_size, file_sha)]
         manifest = next_manifest(cfg, name, header.metadata, previous, mf.Release(version, date, entries))
+        stamp_signer(manifest, private, signer)  # before the card, which names the signer
         hashes = {"sha256": file_sha, "autov2": autov2(file_sha), "sshs_model_hash": model_hash}
         card = render_model_card(manifest, version, metadata, [p.name for p in samples], hashes)
         atomic_write_text(stage / "README.md", card)
@@ -407,9 +447,9 @@ def publish_lora(cfg: PublishConfig, lora_path: str | os.PathLike, releases_dir:
             write_zip(zip_path, [weights, stage / "README.md", *samples])
             zip_entry = mf.ManifestFile(zip_path.name, zip_path.stat().st_size, sha256_file(zip_path))
             manifest.select(version).files.append(zip_entry)  # after the card: the zip holds the card
-        atomic_write_text(stage / "manifest.json", mf.dump_manifest(manifest))
+        manifest_names = write_manifest_files(stage, manifest, private, signer)
         names = [weights.name, *(p.name for p in samples), *([zip_path.name] if zip_path else []),
-                 "README.md", "manifest.json"]  # fmt: skip
+                 "README.md", *manifest_names]  # fmt: skip
         if not cfg.dry_run:
             commit(stage, release_dir, names)
     result = PublishResult(
@@ -421,6 +461,18 @@ def publish_lora(cfg: PublishConfig, lora_path: str | os.PathLike, releases_dir:
     )  # fmt: skip
     log.info("%s %s v%d: %s", "would publish" if cfg.dry_run else "published", name, version, release_dir)
     return result
+
+
+def refresh_model_card(release_dir: Path, manifest: mf.Manifest, version: int) -> str:
+    """The README.md of `version` rendered again from `manifest` (after uploads added destinations or a signer)."""
+    release = manifest.select(version)
+    weights = release_dir / release.weights.name
+    metadata = read_header(weights).metadata
+    vname = mf.versioned_name(manifest.name, version)
+    samples = sorted(p.name for p in release_dir.glob(f"{vname}_sample*") if p.suffix.lower() in SAMPLE_SUFFIXES)
+    sha = release.weights.sha256
+    hashes = {"sha256": sha, "autov2": autov2(sha), "sshs_model_hash": metadata.get("sshs_model_hash", "")}
+    return render_model_card(manifest, version, metadata, samples, hashes)
 
 
 def result_summary(result: PublishResult) -> dict:

@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import REPO_ROOT
 
-CAPABILITIES = ("training", "dataset", "fetch", "release", "llm")
+CAPABILITIES = ("training", "dataset", "fetch", "release", "upload", "llm")
 SHARED = ("lora_train", "lora_train.settings", "lora_train.fsutil", "lora_train.safetensors_file", "lora_train.lazy")
 COMFYUI_MODULES = {"comfy", "comfy_extras", "comfy_api", "folder_paths", "server", "node_helpers", "latent_preview"}
 
