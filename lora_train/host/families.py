@@ -1,0 +1,69 @@
+"""Per-family knowledge at the edges of the one training loop: which ComfyUI model families train, how their
+LoRA files are named (`FamilySupport.naming`), their preview CFG, whether captions are encoded once, and SDXL's
+size conditioning."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lora_train.training import TrainingError
+
+
+@dataclass(frozen=True)
+class FamilySupport:
+    """How one model family (ComfyUI's model_config class) trains and how its LoRA files are named.
+
+    naming: `kohya_diffusers` = kohya's SD1/SD2 keys (`lora_unet_down_blocks_0_attentions_0_...`, diffusers block
+    names); `kohya_ldm` = `lora_unet_` + ComfyUI's own module path (kohya's SDXL keys with LDM block names, and
+    kohya's Flux keys with BFL names, `lora_unet_double_blocks_0_img_attn_qkv`); `diffusers` = diffusers' PEFT keys
+    (`transformer.transformer_blocks.0.attn.to_q.lora_A.weight`, fused qkv split into q/k/v), for SD3, whose kohya
+    keys diffusers cannot read.
+    """
+
+    architecture: str  # modelspec.architecture of the LoRA
+    naming: str
+    preview_cfg: float  # the CFG scale previews use when sample_cfg is 0 (the family's usual one)
+    # T5-XXL families: captions are encoded once, before training, and the text encoders are never trained, so
+    # the 4.8 B-parameter encoder is never resident next to the diffusion model.
+    encode_once: bool = False
+
+
+FAMILIES: dict[str, FamilySupport] = {
+    "SD15": FamilySupport("stable-diffusion-v1/lora", "kohya_diffusers", 7.0),
+    "SD20": FamilySupport("stable-diffusion-v2-768-v/lora", "kohya_diffusers", 7.0),  # -512 when it predicts eps
+    "SDXL": FamilySupport("stable-diffusion-xl-v1-base/lora", "kohya_ldm", 7.0),
+    "SD3": FamilySupport("stable-diffusion-3/lora", "diffusers", 5.0, encode_once=True),
+    "Flux": FamilySupport("flux-1-dev/lora", "kohya_ldm", 1.0, encode_once=True),
+    "FluxSchnell": FamilySupport("flux-1-schnell/lora", "kohya_ldm", 1.0, encode_once=True),
+}
+
+
+# kohya's text-encoder prefixes: te1 is CLIP-L, te2 OpenCLIP-G (SDXL); a single encoder is plain `lora_te_`.
+def model_family(model) -> str:
+    """ComfyUI's name for the model's family (its model_config class), e.g. SD15, SDXL, Flux."""
+    base = getattr(model, "model", None)
+    if base is None or not hasattr(base, "diffusion_model"):
+        raise TrainingError("the MODEL input is not a diffusion model; connect a checkpoint or UNet loader's MODEL")
+    return type(base.model_config).__name__
+
+
+def size_conditioning(original: tuple[int, int], bucket: tuple[int, int]) -> dict[str, int]:
+    """SDXL's micro-conditioning for an image of `original` (w, h) trained at `bucket`: its original size, the
+    top-left corner `fit_to_bucket` crops at (in resized pixels, as kohya records it) and the target size."""
+    (w, h), (bw, bh) = original, bucket
+    scale = max(bw / w, bh / h)
+    resized_w, resized_h = max(bw, round(w * scale)), max(bh, round(h * scale))
+    return {
+        "width": w,
+        "height": h,
+        "crop_w": (resized_w - bw) // 2,
+        "crop_h": (resized_h - bh) // 2,
+        "target_width": bw,
+        "target_height": bh,
+    }
+
+
+def predicts_v(model) -> bool:
+    import comfy.model_sampling
+
+    return isinstance(model.get_model_object("model_sampling"), comfy.model_sampling.V_PREDICTION)
