@@ -26,6 +26,8 @@ from pathlib import Path
 
 S3_EXPIRED = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied</Code><Message>Request has '
               b"expired</Message></Error>")  # fmt: skip
+S3_UNKNOWN_KEY = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>InvalidAccessKeyId</Code><Message>The AWS '
+                  b"Access Key Id you provided does not exist in our records.</Message></Error>")  # fmt: skip
 HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "te", "upgrade", "proxy-connection"}
 
 
@@ -97,7 +99,8 @@ def rclone_webdav(root: Path, user: str = "uploader", password: str = "s3cret-pa
 class ExpiryProxy(ThreadingHTTPServer):
     """Forwards every request to an S3 server; refuses presigned links past X-Amz-Date + X-Amz-Expires on its clock
     (`offset` moves that clock). `fail_puts` (every PUT) or `fail_part` (one multipart part) answer 500: an upload
-    cut server-side."""
+    cut server-side. With `access_keys` set, a signed request whose access key id is not among them gets S3's own
+    InvalidAccessKeyId answer (moto itself accepts any key)."""
 
     daemon_threads = True
 
@@ -109,6 +112,7 @@ class ExpiryProxy(ThreadingHTTPServer):
         self.fail_part: int | None = None  # answer 500 to PUTs of this multipart part number
         self.puts: list[str] = []  # every PUT's path and query, in order
         self.expired_answers = 0
+        self.access_keys: set[str] | None = None
         self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     @property
@@ -153,8 +157,17 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
+    def _access_key(self) -> str | None:
+        """The access key id a signed request names (Authorization header or presigned X-Amz-Credential)."""
+        query = {k.lower(): v for k, v in urllib.parse.parse_qsl(urllib.parse.urlsplit(self.path).query)}
+        credential = query.get("x-amz-credential") or self.headers.get("Authorization", "").partition("Credential=")[2]
+        return credential.split("/", 1)[0] or None
+
     def _forward(self) -> None:
         body = read_request_body(self)
+        known = self.server.access_keys
+        if known is not None and self._access_key() not in known:
+            return self._answer(403, [("Content-Type", "application/xml")], S3_UNKNOWN_KEY)
         if self.command == "GET" and self._expired():
             self.server.expired_answers += 1
             return self._answer(403, [("Content-Type", "application/xml")], S3_EXPIRED)

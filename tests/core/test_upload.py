@@ -272,6 +272,22 @@ def test_s3_missing_bucket_is_named_before_any_upload(release, tmp_path):
     assert release.manifest_path.read_bytes() == before
 
 
+def test_s3_wrong_credentials_name_the_destination_and_step_and_never_show_the_secret(release, caplog):
+    before = release.manifest_path.read_bytes()
+    with moto_s3() as s3:
+        s3.proxy.access_keys = {"AKIASOMEONEELSE"}  # the endpoint knows another key than the one in the environment
+        dest = parse_destination(f"s3://releases/x?endpoint={s3.endpoint}&retries=0")
+        with pytest.raises(UploadError) as refused:
+            distribute_release(release.release_dir, [dest])
+        s3.proxy.access_keys = None
+        assert s3_objects(s3.endpoint) == {}, "nothing was uploaded"
+    message = str(refused.value)
+    assert message.startswith("s3 s3://releases/x") and "checking bucket releases: access denied" in message
+    assert "check the credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY" in message
+    assert AWS_SECRET not in message and AWS_SECRET not in caplog.text
+    assert release.manifest_path.read_bytes() == before
+
+
 def test_s3_upload_cut_midway_leaves_no_object_nor_manifest_and_resumes_on_the_next_run(tmp_path, caplog):
     caplog.set_level(logging.INFO)
     release = big_release(tmp_path)
