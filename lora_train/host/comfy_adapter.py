@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from lora_train.dataset import LoraDataset, assign_buckets
+from lora_train.dataset import LoraDataset
 from lora_train.training import (
     Example,
     LatentCache,
@@ -38,6 +38,7 @@ from lora_train.training import (
     latent_key,
     preview_prompts,
     tensors_identity,
+    training_buckets,
 )
 
 log = logging.getLogger(__name__)
@@ -465,7 +466,7 @@ class ComfyHost:
         self.guidance = cfg.guidance
         texts: dict[str, dict[str, Any]] = {}
         examples = []
-        buckets = assign_buckets(dataset.items, cfg.resolution)
+        buckets = training_buckets(dataset.items, cfg)
         first = caption_with_trigger(dataset.items[0].caption, cfg.trigger_word) if dataset.items else ""
         self._preview_prompts = preview_prompts(cfg.sample_prompts, cfg.trigger_word, first)
         self._preview_conds = None

@@ -26,6 +26,8 @@ EXPORTS = {
     "tensors_identity": "latent_cache",
     "loss_chart": "plot",
     "save_lora": "lora_io",
+    "training_buckets": "data",
+    "tensorboard_available": "tensorboard_log",
     "load_lora": "lora_io",
 }
 __all__ = sorted(EXPORTS)

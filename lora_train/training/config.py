@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from lora_train.dataset import BucketOptions
 from lora_train.settings import Settings, SettingsError, setting
 
 NETWORK_CHOICES = ("lora", "locon", "dora", "loha", "lokr")
@@ -45,7 +46,7 @@ class TrainConfig(Settings):
     )
     text_encoder_lr: float = setting(5e-5, "Learning rate for text-encoder adapters.", min=0.0, max=1.0, advanced=True)
     # ---- optimisation -------------------------------------------------------------------------------------
-    learning_rate: float = setting(1e-4, "Peak learning rate for UNet adapters.", min=1e-8, max=1.0)
+    learning_rate: float = setting(1e-4, "Peak learning rate for UNet adapters (0 trains nothing).", min=0.0, max=1.0)
     steps: int = setting(500, "Optimizer steps to train (used when epochs is 0).", min=1, max=1_000_000)
     epochs: int = setting(
         0,
@@ -171,6 +172,89 @@ class TrainConfig(Settings):
         advanced=True,
     )
 
+    # ---- validation, EMA, masks, LoRA+, buckets, regularisation, TensorBoard ----------------------------------
+    # Declared after the original settings: a saved workflow's widget values are positional, so new widgets go last.
+    validation_split: float = setting(
+        0.0,
+        "Hold out this fraction of the images (chosen by `seed`, at least one) to measure a validation loss on; "
+        "0 = none, unless a validation dataset is connected.",
+        min=0.0,
+        max=0.9,
+        advanced=True,
+    )
+    validate_every: int = setting(
+        0, "Measure the validation loss every N steps (and at the end); 0 = at the end only.", min=0, max=1_000_000,
+        advanced=True,
+    )  # fmt: skip
+    validation_seed: int = setting(
+        0,
+        "Seed of the validation noise and noise levels: the same for every run, so validation curves compare.",
+        min=0,
+        max=2**63 - 1,
+        advanced=True,
+    )
+    ema_decay: float = setting(
+        0.0,
+        "Keep an exponential moving average of the adapter weights (0.999 is typical) and save that as the LoRA "
+        "(previews and validation use it too); 0 = off.",
+        min=0.0,
+        max=0.99999,
+        advanced=True,
+    )
+    masked_loss: bool = setting(
+        False,
+        "Weight the loss by a mask per image (kohya masked_loss): `<image>_mask.png` beside it (white = learn, "
+        "black = ignore), else the image's alpha channel; images with neither count everywhere.",
+        advanced=True,
+    )
+    loraplus_lr_ratio: float = setting(
+        0.0,
+        "LoRA+ (arXiv 2402.12354): the up (B) matrices learn this many times faster than the down ones (16 is the "
+        "paper's value); 0 = off. lora, locon and dora only.",
+        min=0.0,
+        max=1024.0,
+        advanced=True,
+    )
+    rank_dropout: float = setting(
+        0.0, "kohya rank dropout: drop each rank of the adapter per sample with this probability (lora, locon).",
+        min=0.0, max=0.9, advanced=True,
+    )  # fmt: skip
+    module_dropout: float = setting(
+        0.0, "kohya module dropout: skip a whole adapter for a step with this probability.", min=0.0, max=0.9,
+        advanced=True,
+    )  # fmt: skip
+    buckets: bool = setting(
+        True, "Aspect-ratio buckets (kohya enable_bucket); off = every image center-cropped to a square.",
+        advanced=True,
+    )  # fmt: skip
+    bucket_min: int = setting(0, "Smallest bucket side in pixels; 0 = resolution / 2.", min=0, max=8192, advanced=True)
+    bucket_max: int = setting(0, "Largest bucket side in pixels; 0 = resolution x 2.", min=0, max=16384, advanced=True)
+    bucket_step: int = setting(
+        64, "Bucket sides are multiples of this (kohya bucket_reso_steps).", min=8, max=512, step=8, advanced=True
+    )
+    bucket_no_upscale: bool = setting(
+        False,
+        "Images smaller than resolution² keep their size (rounded down to bucket_step) instead of being upscaled.",
+        advanced=True,
+    )
+    prior_loss_weight: float = setting(
+        1.0, "Loss weight of the regularisation (class) images (kohya prior_loss_weight).", min=0.0, max=100.0,
+        advanced=True,
+    )  # fmt: skip
+    reg_ratio: float = setting(
+        1.0,
+        "Regularisation images per training image (with repeats) in each epoch; kohya uses 1.",
+        min=0.01,
+        max=100.0,
+        advanced=True,
+    )
+    tensorboard: bool = setting(
+        False,
+        "Write TensorBoard event files (loss, validation loss, lr, previews) to <output folder>/tensorboard/"
+        "<output_name>; needs `pip install tensorboard`.",
+        advanced=True,
+    )
+
     ALIASES: ClassVar[dict[str, str]] = {
         "lora_rank": "rank",
         "network_dim": "rank",
@@ -184,6 +268,10 @@ class TrainConfig(Settings):
         "lr_warmup_steps": "warmup_steps",
         "optimizer_type": "optimizer",
         "caption_dropout_rate": "caption_dropout",
+        "enable_bucket": "buckets",
+        "min_bucket_reso": "bucket_min",
+        "max_bucket_reso": "bucket_max",
+        "bucket_reso_steps": "bucket_step",
     }
 
     def __post_init__(self) -> None:
@@ -194,3 +282,30 @@ class TrainConfig(Settings):
             or self.output_name in (".", "..")
         ):
             raise SettingsError(f"output_name must be a plain file name, got {self.output_name!r}")
+        self._check_buckets()
+        if self.rank_dropout > 0 and self.network not in ("lora", "locon"):
+            raise SettingsError(
+                f"rank_dropout works on lora and locon (kohya networks.lora), not network={self.network!r}; "
+                "set rank_dropout to 0 or use module_dropout"
+            )
+        if self.loraplus_lr_ratio > 0 and self.network not in ("lora", "locon", "dora"):
+            raise SettingsError(
+                f"loraplus_lr_ratio needs up/down matrices (lora, locon, dora), not network={self.network!r}; "
+                "set it to 0 or pick one of those networks"
+            )
+
+    def _check_buckets(self) -> None:
+        if self.bucket_step % 8:
+            raise SettingsError(f"bucket_step must be a multiple of 8 (the latent grid), got {self.bucket_step}")
+        if self.bucket_min and self.bucket_min > self.resolution:
+            raise SettingsError(
+                f"bucket_min ({self.bucket_min}) is larger than resolution ({self.resolution}); lower it or use 0"
+            )
+        if self.bucket_max and self.bucket_max < self.resolution:
+            raise SettingsError(
+                f"bucket_max ({self.bucket_max}) is smaller than resolution ({self.resolution}); raise it or use 0"
+            )
+
+    def bucket_options(self) -> BucketOptions:
+        """The bucket settings as the dataset package's `BucketOptions`."""
+        return BucketOptions(self.buckets, self.bucket_min, self.bucket_max, self.bucket_step, self.bucket_no_upscale)
