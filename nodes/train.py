@@ -10,6 +10,23 @@ from ._ui import DATASET_TYPE, loras_dir, save_temp_preview
 
 log = logging.getLogger(__name__)
 
+# Saved workflows store widget values by position: the settings this node had first stay required, in their order;
+# settings added later (declared after `log_every`) come after `captions` as optional widgets, so an older workflow's
+# values still land on the same widgets and the new ones keep their defaults. Settings marked advanced are folded
+# away on the node (web/js/train_view.js); the face shows the everyday ones.
+FIRST_RELEASE_LAST_SETTING = "log_every"
+REG_TOOLTIP = (
+    "Regularisation (class) images with their class captions, mixed in at reg_ratio with prior_loss_weight (kohya "
+    "reg_data_dir). The trigger word is not added to them."
+)
+
+
+def _setting_groups() -> tuple[list[str], list[str]]:
+    """(settings of the first release, settings added since), in declaration order."""
+    names = [f.name for f in TrainConfig.field_specs() if f.metadata.get("widget", True)]
+    split = names.index(FIRST_RELEASE_LAST_SETTING) + 1
+    return names[:split], names[split:]
+
 
 class TrainLoRA:
     """Train a LoRA on the connected model and output the model with it applied, ready for KSampler."""
@@ -32,12 +49,13 @@ class TrainLoRA:
 
     @classmethod
     def INPUT_TYPES(cls):
+        first, added = _setting_groups()
         return {
             "required": {
                 "model": ("MODEL", {"tooltip": "The base diffusion model to train the LoRA for."}),
                 "clip": ("CLIP", {"tooltip": "The checkpoint's text encoder (encodes the captions)."}),
                 "vae": ("VAE", {"tooltip": "The checkpoint's VAE (encodes the images once)."}),
-                **TrainConfig.comfy_inputs(),
+                **TrainConfig.comfy_inputs(skip=added),
             },
             "optional": {
                 "dataset": (DATASET_TYPE, {"tooltip": "Images + captions from Load LoRA Dataset / Auto-label."}),
@@ -51,11 +69,20 @@ class TrainLoRA:
                         "tooltip": "One caption per line for `images` (one line = same caption for all).",
                     },
                 ),
+                **TrainConfig.comfy_inputs(skip=first),
+                "reg_dataset": (DATASET_TYPE, {"tooltip": REG_TOOLTIP}),
+                "validation_dataset": (
+                    DATASET_TYPE,
+                    {"tooltip": "Images to measure the validation loss on (besides any validation_split)."},
+                ),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
-    def execute(self, model, clip, vae, dataset=None, images=None, captions="", unique_id=None, **widgets):
+    def execute(
+        self, model, clip, vae, dataset=None, images=None, captions="", unique_id=None, reg_dataset=None,
+        validation_dataset=None, **widgets,
+    ):  # fmt: skip
         from lora_train.dataset import dataset_from_images
         from lora_train.host.comfy_adapter import ComfyHost, apply_lora, send_event_to_client
         from lora_train.training import TrainingError, loss_chart, train_lora
@@ -66,11 +93,15 @@ class TrainLoRA:
                 raise TrainingError("connect a dataset (Load LoRA Dataset) or images + captions to Train LoRA")
             dataset = dataset_from_images(images, captions.splitlines() or [""])
         host = ComfyHost(model, clip, vae, node_id=unique_id, send_event=send_event_to_client)
-        result = train_lora(cfg, dataset, host, loras_dir())
+        result = train_lora(cfg, dataset, host, loras_dir(), reg_dataset=reg_dataset,
+                            validation_dataset=validation_dataset)  # fmt: skip
         strength_clip = 1.0 if cfg.train_text_encoder else 0.0
         model_out, clip_out = apply_lora(model, clip, result.lora_tensors, 1.0, strength_clip)
-        chart = save_temp_preview(loss_chart(result.loss_history), "lora_train_loss")
+        chart = save_temp_preview(loss_chart(result.loss_history, result.validation_history), "lora_train_loss")
         loss_map = {"loss": [loss for _, loss in result.loss_history], "steps": [s for s, _ in result.loss_history]}
+        if result.validation_history:
+            loss_map["validation_loss"] = [loss for _, loss in result.validation_history]
+            loss_map["validation_steps"] = [step for step, _ in result.validation_history]
         ui = {"images": [chart], "lora_name": [result.lora_path.name]}
         return {"ui": ui, "result": (model_out, clip_out, result.lora_path.name, loss_map)}
 

@@ -591,6 +591,7 @@ class ComfyHost:
                     "lr": progress.lr,
                     "eta_s": progress.eta_s,
                     "elapsed_s": progress.elapsed_s,
+                    "validation_loss": progress.validation_loss,
                 },
             )
 

@@ -34,15 +34,20 @@ class TrainConfig(Settings):
         min=0.0001,
         max=4096,
     )
-    dropout: float = setting(0.0, "Dropout on the adapter input during training (regularisation).", min=0.0, max=0.9)
+    dropout: float = setting(
+        0.0, "Dropout on the adapter input during training (regularisation).", min=0.0, max=0.9, advanced=True
+    )
     targets: str = setting(
         "attention",
         "Which UNet layers get adapters: attention blocks (kohya default), plus "
         "ResBlock convs, or every linear layer.",
         choices=TARGET_CHOICES,
+        advanced=True,
     )
     train_text_encoder: bool = setting(
-        False, "Also train adapters on the text encoder (costs memory; disables the text-embedding cache)."
+        False,
+        "Also train adapters on the text encoder (costs memory; disables the text-embedding cache).",
+        advanced=True,
     )
     text_encoder_lr: float = setting(5e-5, "Learning rate for text-encoder adapters.", min=0.0, max=1.0, advanced=True)
     # ---- optimisation -------------------------------------------------------------------------------------
@@ -53,34 +58,50 @@ class TrainConfig(Settings):
         "Train for this many passes over the dataset (with repeats) instead of `steps`; 0 = use steps.",
         min=0,
         max=10_000,
+        advanced=True,
     )
     batch_size: int = setting(1, "Images per forward pass.", min=1, max=256)
     gradient_accumulation: int = setting(
-        1, "Forward passes per optimizer step (effective batch = batch_size x this).", min=1, max=1024
+        1, "Forward passes per optimizer step (effective batch = batch_size x this).", min=1, max=1024, advanced=True
     )
     optimizer: str = setting(
         "adamw", "Optimizer. adamw8bit needs bitsandbytes, prodigy needs prodigyopt.", choices=OPTIMIZER_CHOICES
     )
     weight_decay: float = setting(0.01, "Decoupled weight decay (AdamW family).", min=0.0, max=1.0, advanced=True)
-    lr_scheduler: str = setting("constant", "Learning-rate schedule after warmup.", choices=SCHEDULER_CHOICES)
-    warmup_steps: int = setting(0, "Linear warmup steps from 0 to the learning rate.", min=0, max=100_000)
+    lr_scheduler: str = setting(
+        "constant", "Learning-rate schedule after warmup.", choices=SCHEDULER_CHOICES, advanced=True
+    )
+    warmup_steps: int = setting(
+        0, "Linear warmup steps from 0 to the learning rate.", min=0, max=100_000, advanced=True
+    )
     max_grad_norm: float = setting(
         1.0, "Clip the adapter gradient norm to this; 0 = no clipping.", min=0.0, max=1e6, advanced=True
     )
     seed: int = setting(
-        42, "Seed for adapter init, data order, noise and timesteps: same seed, same LoRA.", min=0, max=2**63 - 1
+        42,
+        "Seed for adapter init, data order, noise and timesteps: same seed, same LoRA.",
+        min=0,
+        max=2**63 - 1,
+        advanced=True,
     )
     # ---- the objective ------------------------------------------------------------------------------------
-    loss: str = setting("mse", "Loss in the model's own prediction space (eps, v or flow).", choices=LOSS_CHOICES)
+    loss: str = setting(
+        "mse", "Loss in the model's own prediction space (eps, v or flow).", choices=LOSS_CHOICES, advanced=True
+    )
     huber_delta: float = setting(0.1, "Delta for the huber / smooth_l1 losses.", min=1e-6, max=10.0, advanced=True)
     min_snr_gamma: float = setting(
-        0.0, "Min-SNR loss weighting gamma (arXiv 2303.09556); 5 is typical, 0 = off.", min=0.0, max=100.0
+        0.0,
+        "Min-SNR loss weighting gamma (arXiv 2303.09556); 5 is typical, 0 = off.",
+        min=0.0,
+        max=100.0,
+        advanced=True,
     )
     noise_offset: float = setting(
         0.0,
         "Noise offset (per-channel constant added to the noise) for darker/brighter images; 0.05-0.1 typical.",
         min=0.0,
         max=1.0,
+        advanced=True,
     )
     timestep_sampling: str = setting(
         "auto",
@@ -114,17 +135,20 @@ class TrainConfig(Settings):
         False,
         "Shuffle the comma-separated tags of each caption every time it is used (kohya). The text encoder then "
         "runs every step instead of once per caption (about 1-2% of a 512 px SD1.5 step) and stays loaded.",
+        advanced=True,
     )
     keep_tokens: int = setting(
         0,
         "With shuffle_captions: keep the caption's first N tags in place (the trigger word always stays first).",
         min=0,
         max=255,
+        advanced=True,
     )
     cache_latents_to_disk: bool = setting(
         False,
         "Keep VAE latents in .lora_train_cache/ (next to the dataset folder, else the output folder), keyed by "
         "image content, bucket and VAE, so later runs skip encoding.",
+        advanced=True,
     )
     # ---- sample previews ----------------------------------------------------------------------------------
     sample_every: int = setting(
@@ -145,7 +169,11 @@ class TrainConfig(Settings):
         advanced=True,
     )
     sample_seed: int = setting(
-        0, "Noise seed of the preview images (the same every time, so previews compare).", min=0, max=2**63 - 1
+        0,
+        "Noise seed of the preview images (the same every time, so previews compare).",
+        min=0,
+        max=2**63 - 1,
+        advanced=True,
     )
     # ---- memory / speed -----------------------------------------------------------------------------------
     mixed_precision: str = setting(
@@ -158,11 +186,16 @@ class TrainConfig(Settings):
         0, "Also save every N steps (file name gets _sNNNNNN); 0 = only at the end.", min=0, max=1_000_000
     )
     keep_last: int = setting(
-        3, "Keep only the newest N intermediate saves (_sNNNNNN files); 0 = keep them all.", min=0, max=10_000
+        3,
+        "Keep only the newest N intermediate saves (_sNNNNNN files); 0 = keep them all.",
+        min=0,
+        max=10_000,
+        advanced=True,
     )
     resume: bool = setting(
         True,
         "Continue from <output_name>.lora_state (written every save_steps and on Cancel) when one is there.",
+        advanced=True,
     )
     log_every: int = setting(
         10,

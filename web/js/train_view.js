@@ -54,6 +54,7 @@ class TrainView {
     /** A new run starts on this node: forget the last one's points and sample. */
     reset() {
         this.points = [];
+        this.best = undefined;
         this.total = 0;
         this.samplesSeen = 0;
         this.sample.style.display = "none";
@@ -70,12 +71,17 @@ class TrainView {
         const last = this.points[this.points.length - 1];
         if (last && detail.step <= last.step) this.reset(); // a re-queued run whose start we did not see
         this.total = detail.total;
-        this.points.push({ step: detail.step, loss: detail.loss, smoothed: detail.smoothed_loss });
+        const validation = Number.isFinite(detail.validation_loss) ? detail.validation_loss : undefined;
+        this.points.push({ step: detail.step, loss: detail.loss, smoothed: detail.smoothed_loss, validation });
+        if (validation !== undefined && !(validation >= this.best?.loss)) {
+            this.best = { step: detail.step, loss: validation }; // the earliest of equal losses stays best
+        }
         this.root.dataset.status = "training";
         const lr = Number.isFinite(detail.lr) ? detail.lr.toExponential(2) : "–";
+        const best = this.best ? ` · best val ${formatNumber(this.best.loss)} @ ${this.best.step}` : "";
         this.stats.textContent =
             `step ${detail.step} / ${detail.total} · loss ${formatNumber(detail.loss)}` +
-            ` · smoothed ${formatNumber(detail.smoothed_loss)}\n` +
+            ` · smoothed ${formatNumber(detail.smoothed_loss)}${best}\n` +
             `lr ${lr} · elapsed ${formatDuration(detail.elapsed_s)} · ETA ${formatDuration(detail.eta_s)}`;
         this.update();
     }
@@ -123,12 +129,27 @@ class TrainView {
     }
 }
 
+/**
+ * The node face: settings the server marks advanced (all but the ~15 everyday ones) are folded away; the node's
+ * menu "Show Advanced" unfolds them. Frontends that fold V1 advanced inputs themselves do the same; this one reads
+ * the flag from the widget's options, where older frontends leave it. A folded widget keeps its value, its
+ * position in saved workflows and its place in the queued prompt.
+ */
+function foldAdvancedWidgets(node) {
+    for (const widget of node.widgets ?? []) {
+        if (!widget.options?.advanced) continue;
+        widget.advanced = true;
+        for (const linked of widget.linkedWidgets ?? []) linked.advanced = true; // seed's control_after_generate
+    }
+}
+
 app.registerExtension({
     name: "lora_train.train_view",
     async beforeRegisterNodeDef(nodeType, nodeData) {
         if (nodeData?.name !== NODE_TYPE) return;
 
         chainCallback(nodeType.prototype, "onNodeCreated", function () {
+            foldAdvancedWidgets(this);
             const view = new TrainView(this);
             this.loraTrainView = view;
             addDisplayWidget(this, "lora_train_view", view.root, () => view.minHeight());
