@@ -3,6 +3,7 @@
 // "lora_train.train_sample"); the training itself runs on the server, with or without this page open.
 import { app } from "../../../scripts/app.js";
 import { addDisplayWidget, chainCallback, formatDuration, formatNumber, listenForNode, viewUrl } from "./common.js";
+import { foldAdvancedWidgets } from "./advanced_widgets.js";
 import { drawLossChart } from "./loss_chart.js";
 
 const NODE_TYPE = "LoraTrain_TrainLoRA";
@@ -129,27 +130,13 @@ class TrainView {
     }
 }
 
-/**
- * The node face: settings the server marks advanced (all but the ~15 everyday ones) are folded away; the node's
- * menu "Show Advanced" unfolds them. Frontends that fold V1 advanced inputs themselves do the same; this one reads
- * the flag from the widget's options, where older frontends leave it. A folded widget keeps its value, its
- * position in saved workflows and its place in the queued prompt.
- */
-function foldAdvancedWidgets(node) {
-    for (const widget of node.widgets ?? []) {
-        if (!widget.options?.advanced) continue;
-        widget.advanced = true;
-        for (const linked of widget.linkedWidgets ?? []) linked.advanced = true; // seed's control_after_generate
-    }
-}
-
 app.registerExtension({
     name: "lora_train.train_view",
     async beforeRegisterNodeDef(nodeType, nodeData) {
         if (nodeData?.name !== NODE_TYPE) return;
 
         chainCallback(nodeType.prototype, "onNodeCreated", function () {
-            foldAdvancedWidgets(this);
+            foldAdvancedWidgets(this); // before sizing the node (whichever extension runs first)
             const view = new TrainView(this);
             this.loraTrainView = view;
             addDisplayWidget(this, "lora_train_view", view.root, () => view.minHeight());
