@@ -6,26 +6,17 @@ import logging
 
 from lora_train.training import TrainConfig
 
-from ._ui import DATASET_TYPE, loras_dir, save_temp_preview
+from ._ui import DATASET_TYPE, loras_dir, save_temp_preview, settings_since
 
 log = logging.getLogger(__name__)
 
-# Saved workflows store widget values by position: the settings this node had first stay required, in their order;
-# settings added later (declared after `log_every`) come after `captions` as optional widgets, so an older workflow's
-# values still land on the same widgets and the new ones keep their defaults. Settings marked advanced are folded
-# away on the node (web/js/train_view.js); the face shows the everyday ones.
+# Settings declared after this one came after the first release: optional widgets after `captions` (see
+# settings_since). Settings marked advanced are folded away on the node (web/js/advanced_widgets.js).
 FIRST_RELEASE_LAST_SETTING = "log_every"
 REG_TOOLTIP = (
     "Regularisation (class) images with their class captions, mixed in at reg_ratio with prior_loss_weight (kohya "
     "reg_data_dir). The trigger word is not added to them."
 )
-
-
-def _setting_groups() -> tuple[list[str], list[str]]:
-    """(settings of the first release, settings added since), in declaration order."""
-    names = [f.name for f in TrainConfig.field_specs() if f.metadata.get("widget", True)]
-    split = names.index(FIRST_RELEASE_LAST_SETTING) + 1
-    return names[:split], names[split:]
 
 
 class TrainLoRA:
@@ -49,7 +40,7 @@ class TrainLoRA:
 
     @classmethod
     def INPUT_TYPES(cls):
-        first, added = _setting_groups()
+        first, added = settings_since(TrainConfig, FIRST_RELEASE_LAST_SETTING)
         return {
             "required": {
                 "model": ("MODEL", {"tooltip": "The base diffusion model to train the LoRA for."}),

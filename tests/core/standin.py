@@ -147,6 +147,23 @@ class StandInHost:
         self.progress.append(progress)
 
 
+class Interrupted(Exception):
+    """What `CancelAt` raises for Cancel."""
+
+
+class CancelAt(StandInHost):
+    """Cancels once `step` steps have finished (the loop checks for Cancel after every step)."""
+
+    def __init__(self, step: int):
+        super().__init__()
+        self.cancel_step, self.checks = step, 0
+
+    def check_cancel(self) -> None:
+        self.checks += 1
+        if self.checks == self.cancel_step:
+            raise Interrupted
+
+
 def write_images(folder, count: int = 4, size: tuple[int, int] = (32, 32), seed: int = 0, caption: str = "a thing"):
     """`count` seeded random RGB pngs with .txt captions in `folder`; returns the folder."""
     from PIL import Image

@@ -7,26 +7,9 @@ from lora_train.dataset import load_dataset
 from lora_train.training import TrainConfig, train_lora
 from lora_train.training.ema import AdapterEMA
 from lora_train.training.lora_io import load_lora
-from tests.core.standin import StandInHost, write_images
+from tests.core.standin import CancelAt, Interrupted, StandInHost, write_images
 
 BASE = {"resolution": 64, "rank": 4, "alpha": 4.0, "steps": 6, "log_every": 1, "learning_rate": 1e-2}
-
-
-class Interrupted(Exception):
-    """What the stand-in raises for Cancel."""
-
-
-class CancelAt(StandInHost):
-    """Cancels once `step` steps have finished."""
-
-    def __init__(self, step: int):
-        super().__init__()
-        self.cancel_step, self.checks = step, 0
-
-    def check_cancel(self) -> None:
-        self.checks += 1
-        if self.checks == self.cancel_step:
-            raise Interrupted
 
 
 @pytest.fixture

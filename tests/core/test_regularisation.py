@@ -9,7 +9,7 @@ from lora_train.dataset import load_dataset
 from lora_train.training import TrainConfig, TrainingError, train_lora
 from lora_train.training.data import reg_repeats
 from lora_train.training.losses import diffusion_batch, training_loss
-from tests.core.standin import FlowSampling, StandInHost, write_images
+from tests.core.standin import CancelAt, FlowSampling, Interrupted, StandInHost, write_images
 
 BASE = {"resolution": 64, "rank": 4, "alpha": 4.0, "steps": 4, "log_every": 1, "trigger_word": "zkw"}
 
@@ -57,3 +57,13 @@ def test_an_empty_regularisation_folder_is_refused_before_encoding(tmp_path):
     with pytest.raises(TrainingError, match=r"regularisation dataset \(.*empty\) has no images"):
         train_lora(TrainConfig.from_dict(BASE), data, host, tmp_path / "o", reg_dataset=empty)
     assert host.encoded == []
+
+
+def test_resuming_with_other_class_images_is_refused_with_the_reason(tmp_path):
+    data = load_dataset(write_images(tmp_path / "data", 3, (64, 64)))
+    reg = load_dataset(write_images(tmp_path / "1_dog", 5, (64, 64), seed=4, caption="a photo of a dog"))
+    cfg = TrainConfig.from_dict({**BASE, "steps": 6})
+    with pytest.raises(Interrupted):
+        train_lora(cfg, data, CancelAt(2), tmp_path / "o", reg_dataset=reg)
+    with pytest.raises(TrainingError, match=r"written for 6 examples .* this run has 3"):
+        train_lora(cfg, data, StandInHost(), tmp_path / "o")
