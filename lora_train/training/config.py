@@ -281,6 +281,15 @@ class TrainConfig(Settings):
         max=100.0,
         advanced=True,
     )
+    blocks_to_swap: int = setting(
+        0,
+        "Low VRAM for transformer models (Flux, SD3): keep the weights of the last N transformer blocks in CPU memory "
+        "and copy each to the GPU only while it runs (kohya blocks_to_swap); turns on gradient_checkpointing. "
+        "0 = off.",
+        min=0,
+        max=1000,
+        advanced=True,
+    )
     tensorboard: bool = setting(
         False,
         "Write TensorBoard event files (loss, validation loss, lr, previews) to <output folder>/tensorboard/"

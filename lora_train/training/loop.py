@@ -21,6 +21,7 @@ import torch
 
 from lora_train.dataset import LoraDataset
 from lora_train.training.batches import BatchOrder, total_steps
+from lora_train.training.block_swap import swapped_blocks
 from lora_train.training.checkpointing import gradient_checkpointing
 from lora_train.training.config import TrainConfig
 from lora_train.training.data import prepare_data
@@ -102,7 +103,13 @@ def train_lora(
         if resume_state is not None:
             files.resume(run, resume_state, steps)
         _log_start(run, steps, session)
-        with _attached(run), gradient_checkpointing(session.diffusion_model, cfg.gradient_checkpointing):
+        model, checkpointing = session.diffusion_model, cfg.gradient_checkpointing or cfg.blocks_to_swap > 0
+        # Swapped blocks are wrapped first, so checkpointing's recompute copies their weights in again.
+        with (
+            _attached(run),
+            swapped_blocks(model, cfg.blocks_to_swap, session.device),
+            gradient_checkpointing(model, checkpointing),
+        ):
             _train_steps(cfg, run, session, host, data.examples, steps, files, dist, validator)
         tensors = session.file_tensors(run.lora_tensors())
     lora_path, metadata = files.save_final(tensors, run)
