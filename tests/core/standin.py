@@ -112,6 +112,15 @@ class StandInSession:
     def predict(self, model_input, sigmas, timesteps, cond, noisy):
         return self.diffusion_model(model_input, sigmas, cond)
 
+    def sample_previews(self, cfg) -> list:
+        """One 16x16 preview: the model's output for a grey latent, as colours."""
+        from PIL import Image
+
+        latent = torch.zeros(1, 3, 2, 2)
+        out = self.diffusion_model(latent, torch.ones(1), caption_vector(cfg.trigger_word)[None])
+        colour = tuple(int(v) for v in ((out.mean(dim=(2, 3))[0].tanh() + 1) * 127.5).tolist())
+        return [Image.new("RGB", (16, 16), colour)]
+
 
 class StandInHost:
     """Encodes with the stand-in VAE and text vectors; lends `TinyFlowModel`; records progress."""

@@ -10,12 +10,12 @@ BASE = {"resolution": 64, "rank": 4, "alpha": 4.0, "steps": 4, "log_every": 2, "
         "validation_split": 0.34, "validate_every": 2}  # fmt: skip
 
 
-def test_event_files_hold_loss_validation_and_lr(tmp_path):
+def test_event_files_hold_loss_validation_lr_and_previews(tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     data = load_dataset(write_images(tmp_path / "data", 3, (64, 64)))
-    result = train_lora(TrainConfig.from_dict(BASE), data, StandInHost(), tmp_path / "out")
+    result = train_lora(TrainConfig.from_dict({**BASE, "sample_every": 2}), data, StandInHost(), tmp_path / "out")
     folder = tmp_path / "out" / "tensorboard" / "my_lora"
     assert list(folder.glob("events.out.tfevents.*"))
     events = EventAccumulator(str(folder))
@@ -25,6 +25,7 @@ def test_event_files_hold_loss_validation_and_lr(tmp_path):
         (step, pytest.approx(value)) for step, value in result.validation_history
     ]
     assert [e.step for e in events.Scalars("loss/train")] == [2, 4]
+    assert [e.step for e in events.Images("preview/0")] == [2, 4]
 
 
 def test_tensorboard_on_without_the_package_says_how_to_install_it(tmp_path, monkeypatch):

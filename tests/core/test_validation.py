@@ -6,7 +6,7 @@ import torch
 from lora_train.dataset import load_dataset
 from lora_train.training import TrainConfig, TrainingError, train_lora
 from lora_train.training.validation import VALIDATION_TIMES, split_validation
-from tests.core.standin import StandInHost, write_images
+from tests.core.standin import CancelAt, Interrupted, StandInHost, write_images
 
 BASE = {"resolution": 64, "rank": 4, "alpha": 4.0, "steps": 6, "log_every": 3, "learning_rate": 1e-2}
 
@@ -72,3 +72,13 @@ def test_a_split_that_leaves_no_training_images_is_refused_before_encoding(tmp_p
     with pytest.raises(TrainingError, match=r"validation_split=0\.9 holds out 2 of the 2 image"):
         train_lora(TrainConfig.from_dict({**BASE, "validation_split": 0.9}), data, host, tmp_path)
     assert host.encoded == []
+
+
+def test_a_resumed_run_continues_the_validation_curve(data, tmp_path):
+    cfg = TrainConfig.from_dict({**BASE, "validation_split": 0.34, "validate_every": 2})
+    straight = train_lora(cfg, data, StandInHost(), tmp_path / "straight")
+    with pytest.raises(Interrupted):
+        train_lora(cfg, data, CancelAt(5), tmp_path / "resumed")
+    resumed = train_lora(cfg, data, StandInHost(), tmp_path / "resumed")
+    assert resumed.validation_history == straight.validation_history
+    assert resumed.best_validation == straight.best_validation
