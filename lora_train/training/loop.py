@@ -147,6 +147,7 @@ def _train_steps(
 ) -> None:
     """The step loop: one optimizer step, then Cancel, validation, report, save and previews when each is due."""
     meter = LossMeter(cfg, steps, files.started, session.device, dist, run.history)
+    report = files.reporter(host)
     while run.step < steps:
         lr = run.scheduler.get_last_lr()[0]
         # Cancel (ComfyUI raises it inside any op, mid-step) or Ctrl-C: keep a resumable state of the last finished
@@ -158,7 +159,7 @@ def _train_steps(
         with files.state_kept_on_interrupt(run):
             host.check_cancel()
         validation = validator.measure_if_due(run, session, steps) if validator else None
-        meter.report_if_due(run, files.reporter(host), lr, validation)
+        meter.report_if_due(run, report, lr, validation)
         if cfg.save_steps and run.step % cfg.save_steps == 0 and run.step < steps:
             files.save_intermediate(run, session)
         if dist.is_main and sample_due(cfg.sample_every, run.step, steps):
