@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from lora_train.dataset import DatasetConfig, folder_fingerprint
 
-from ._ui import DATASET_TYPE, pil_to_image_batch, save_temp_preview
+from ._ui import DATASET_TYPE, pil_to_image_batch, save_temp_preview, settings_since
 
 PREVIEW_CELL = 128
 PREVIEW_MAX_IMAGES = 16
@@ -33,7 +33,8 @@ class LoadLoraDataset:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": DatasetConfig.comfy_inputs()}
+        first, added = settings_since(DatasetConfig, "strict")
+        return {"required": DatasetConfig.comfy_inputs(skip=added), "optional": DatasetConfig.comfy_inputs(skip=first)}
 
     @classmethod
     def IS_CHANGED(cls, path="", **_):

@@ -6,9 +6,17 @@ import logging
 
 from lora_train.training import TrainConfig
 
-from ._ui import DATASET_TYPE, loras_dir, save_temp_preview
+from ._ui import DATASET_TYPE, loras_dir, save_temp_preview, settings_since
 
 log = logging.getLogger(__name__)
+
+# Settings declared after this one came after the first release: optional widgets after `captions` (see
+# settings_since). Settings marked advanced are folded away on the node (web/js/advanced_widgets.js).
+FIRST_RELEASE_LAST_SETTING = "log_every"
+REG_TOOLTIP = (
+    "Regularisation (class) images with their class captions, mixed in at reg_ratio with prior_loss_weight (kohya "
+    "reg_data_dir). The trigger word is not added to them."
+)
 
 
 class TrainLoRA:
@@ -32,12 +40,13 @@ class TrainLoRA:
 
     @classmethod
     def INPUT_TYPES(cls):
+        first, added = settings_since(TrainConfig, FIRST_RELEASE_LAST_SETTING)
         return {
             "required": {
                 "model": ("MODEL", {"tooltip": "The base diffusion model to train the LoRA for."}),
                 "clip": ("CLIP", {"tooltip": "The checkpoint's text encoder (encodes the captions)."}),
                 "vae": ("VAE", {"tooltip": "The checkpoint's VAE (encodes the images once)."}),
-                **TrainConfig.comfy_inputs(),
+                **TrainConfig.comfy_inputs(skip=added),
             },
             "optional": {
                 "dataset": (DATASET_TYPE, {"tooltip": "Images + captions from Load LoRA Dataset / Auto-label."}),
@@ -51,11 +60,20 @@ class TrainLoRA:
                         "tooltip": "One caption per line for `images` (one line = same caption for all).",
                     },
                 ),
+                **TrainConfig.comfy_inputs(skip=first),
+                "reg_dataset": (DATASET_TYPE, {"tooltip": REG_TOOLTIP}),
+                "validation_dataset": (
+                    DATASET_TYPE,
+                    {"tooltip": "Images to measure the validation loss on (besides any validation_split)."},
+                ),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
-    def execute(self, model, clip, vae, dataset=None, images=None, captions="", unique_id=None, **widgets):
+    def execute(
+        self, model, clip, vae, dataset=None, images=None, captions="", unique_id=None, reg_dataset=None,
+        validation_dataset=None, **widgets,
+    ):  # fmt: skip
         from lora_train.dataset import dataset_from_images
         from lora_train.host.comfy_adapter import ComfyHost, apply_lora, send_event_to_client
         from lora_train.training import TrainingError, loss_chart, train_lora
@@ -66,11 +84,15 @@ class TrainLoRA:
                 raise TrainingError("connect a dataset (Load LoRA Dataset) or images + captions to Train LoRA")
             dataset = dataset_from_images(images, captions.splitlines() or [""])
         host = ComfyHost(model, clip, vae, node_id=unique_id, send_event=send_event_to_client)
-        result = train_lora(cfg, dataset, host, loras_dir())
+        result = train_lora(cfg, dataset, host, loras_dir(), reg_dataset=reg_dataset,
+                            validation_dataset=validation_dataset)  # fmt: skip
         strength_clip = 1.0 if cfg.train_text_encoder else 0.0
         model_out, clip_out = apply_lora(model, clip, result.lora_tensors, 1.0, strength_clip)
-        chart = save_temp_preview(loss_chart(result.loss_history), "lora_train_loss")
+        chart = save_temp_preview(loss_chart(result.loss_history, result.validation_history), "lora_train_loss")
         loss_map = {"loss": [loss for _, loss in result.loss_history], "steps": [s for s, _ in result.loss_history]}
+        if result.validation_history:
+            loss_map["validation_loss"] = [loss for _, loss in result.validation_history]
+            loss_map["validation_steps"] = [step for step, _ in result.validation_history]
         ui = {"images": [chart], "lora_name": [result.lora_path.name]}
         return {"ui": ui, "result": (model_out, clip_out, result.lora_path.name, loss_map)}
 

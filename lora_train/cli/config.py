@@ -63,6 +63,15 @@ class RunPaths(Settings):
         "Flux's memory; compute and adapters stay bf16/fp32).",
         choices=("default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2"),
     )
+    reg_data_dir: str = setting(
+        "",
+        "Optional folder of regularisation (class) images with their class captions ('a photo of a dog'), mixed in "
+        "at reg_ratio with prior_loss_weight (kohya reg_data_dir). Empty = none.",
+    )
+    validation_data_dir: str = setting(
+        "",
+        "Optional folder of images to measure the validation loss on (besides any validation_split). Empty = none.",
+    )
     output_dir: str = setting(
         "",
         "Folder for <output_name>.safetensors, the _sNNNNNN saves and <output_name>.log; empty = ComfyUI's "

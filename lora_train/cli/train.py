@@ -68,14 +68,20 @@ class ProgressBar:
 
         if self._bar is None:
             self._bar = tqdm(total=progress.total, unit="step", dynamic_ncols=True, file=sys.stderr)
-        self._bar.set_postfix(loss=f"{progress.loss:.4f}", lr=f"{progress.lr:.3g}", refresh=False)
+        postfix = {"loss": f"{progress.loss:.4f}", "lr": f"{progress.lr:.3g}"}
+        validation = ""
+        if progress.validation_loss is not None:
+            postfix["val"] = f"{progress.validation_loss:.4f}"
+            validation = f" validation {progress.validation_loss:.6f}"
+        self._bar.set_postfix(postfix, refresh=False)
         self._bar.update(progress.step - self._bar.n)
         progress_log.info(
-            "step %d/%d loss %.6f smoothed %.6f lr %.3g elapsed %.1fs eta %.1fs",
+            "step %d/%d loss %.6f smoothed %.6f%s lr %.3g elapsed %.1fs eta %.1fs",
             progress.step,
             progress.total,
             progress.loss,
             progress.smoothed_loss,
+            validation,
             progress.lr,
             progress.elapsed_s,
             progress.eta_s,
@@ -192,6 +198,26 @@ def load_training_data(paths: RunPaths, cfg: TrainConfig) -> LoraDataset:
     return dataset
 
 
+def load_extra_folder(folder: str, setting: str, cfg: TrainConfig) -> LoraDataset | None:
+    """The dataset of an optional folder setting (`reg_data_dir`, `validation_data_dir`), or None when empty."""
+    from lora_train.dataset import DatasetConfig, DatasetError, load_dataset
+
+    if not folder.strip():
+        return None
+    if not Path(folder).expanduser().is_dir():
+        raise DatasetError(f"{setting} {folder!r} does not exist or is not a folder; fix the path or leave it empty")
+    return load_dataset(DatasetConfig(path=folder, resolution=cfg.resolution))
+
+
+def with_cli_defaults(job: TrainJob) -> TrainConfig:
+    """The job's settings, with TensorBoard on when the package is installed and the config does not say."""
+    from lora_train.training import tensorboard_available
+
+    if "tensorboard" not in job.sources and tensorboard_available():
+        return job.train.replace(tensorboard=True)
+    return job.train
+
+
 def load_split_model(paths: RunPaths):
     """(MODEL, CLIP, VAE, diffusion model path) from the config's separate files."""
     from lora_train.host.model_files import CLIP_TYPE_BY_COUNT, clip_type, load_split_model
@@ -277,8 +303,8 @@ def _train_logged(job: TrainJob, comfy_root: Path, output_dir: Path, dist: Distr
     from lora_train.host.model_files import load_checkpoint
     from lora_train.training import train_lora
 
-    cfg = job.train
-    log.info("ComfyUI %s; config %s", comfy_root, job.to_dict())
+    cfg = with_cli_defaults(job)
+    log.info("ComfyUI %s; config %s", comfy_root, {**job.to_dict(), **cfg.to_dict()})
     if dist.active:
         log.info(
             "%d processes: effective batch %d (batch_size %d x gradient_accumulation %d x %d processes)",
@@ -289,6 +315,8 @@ def _train_logged(job: TrainJob, comfy_root: Path, output_dir: Path, dist: Distr
             dist.world_size,
         )
     dataset = load_training_data(job.paths, cfg)
+    reg_dataset = load_extra_folder(job.paths.reg_data_dir, "reg_data_dir", cfg)
+    validation_dataset = load_extra_folder(job.paths.validation_data_dir, "validation_data_dir", cfg)
     if job.paths.text_encoders:
         model, clip, vae, checkpoint = load_split_model(job.paths)
     else:
@@ -300,7 +328,8 @@ def _train_logged(job: TrainJob, comfy_root: Path, output_dir: Path, dist: Distr
 
     try:
         with logging_redirect_tqdm():  # terminal log lines print above the bar instead of through it
-            result = train_lora(cfg, dataset, host, output_dir, dist=dist)
+            result = train_lora(cfg, dataset, host, output_dir, dist=dist, reg_dataset=reg_dataset,
+                                validation_dataset=validation_dataset)  # fmt: skip
     finally:
         host.close()
     if not dist.is_main:
@@ -309,6 +338,8 @@ def _train_logged(job: TrainJob, comfy_root: Path, output_dir: Path, dist: Distr
         log.error("training finished but %s was not written", result.lora_path)
         return _fail(f"training finished but {result.lora_path} was not written", EXIT_FAILED)
     log.info("wrote %s (%d steps)", result.lora_path, result.steps)
+    if result.best_validation is not None:
+        log.info("best validation loss %.6f at step %d", result.best_validation[1], result.best_validation[0])
     print(result.lora_path)
     return EXIT_OK
 

@@ -30,7 +30,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lora_train.dataset.buckets import assign_buckets, bucket_resolutions
+from lora_train.dataset.buckets import BucketOptions, assign_buckets, bucket_counts, bucket_resolutions, buckets_with
+from lora_train.dataset.images import (
+    DEFAULT_MAX_PIXELS,
+    IMAGE_EXTENSIONS,
+    DatasetError,
+    find_images,
+    probe_image,
+    split_masks,
+)
 from lora_train.settings import Settings, setting
 
 if TYPE_CHECKING:
@@ -44,18 +52,11 @@ __all__ = [
     "probe_image", "read_metadata_csv",
 ]  # fmt: skip
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 METADATA_CSV = "metadata.csv"
 CSV_FILE_COLUMN = "file_name"
 CSV_TEXT_COLUMNS = ("text", "caption")  # "text" is Hugging Face's name; "caption" is accepted as well
 REPEAT_FOLDER = re.compile(r"^(\d+)_(.+)$")
-# PIL's own guard (Image.MAX_IMAGE_PIXELS) is 89,478,485 pixels: a 3-channel image that size is ~256 MiB.
-DEFAULT_MAX_PIXELS = 89_478_485
 CAPTION_SOURCES = ("txt_then_csv", "csv_then_txt", "txt", "csv")
-
-
-class DatasetError(ValueError):
-    """A dataset could not be loaded (or, in strict mode, one file was bad); the message names the file."""
 
 
 @dataclass
@@ -68,6 +69,7 @@ class ImageItem:
     repeats: int = 1
     width: int = 0
     height: int = 0
+    mask_path: Path | None = None  # `<stem>_mask.png` beside the image (masked loss)
 
     def load(self) -> Image.Image:
         """The image as RGB: EXIF orientation applied, alpha flattened onto white."""
@@ -106,6 +108,8 @@ class DatasetReport:
     buckets: dict[str, int] = field(default_factory=dict)  # "WxH" -> count
     warnings: list[str] = field(default_factory=list)
     repeats: dict[str, int] = field(default_factory=dict)  # folder -> repeats, for kohya N_name folders
+    masks: int = 0  # images with a `<stem>_mask.png` beside them
+    bucket_rules: str = ""  # how the buckets were chosen (BucketOptions.describe)
 
     def summary(self, max_names: int = 10) -> str:
         """A human-readable report, naming at most `max_names` files per problem."""
@@ -115,7 +119,10 @@ class DatasetReport:
         if self.sizes:
             lines.append("sizes: " + _top_counts(self.sizes, max_names))
         if self.buckets:
-            lines.append("buckets: " + _top_counts(self.buckets, max_names))
+            rules = f" ({self.bucket_rules})" if self.bucket_rules else ""
+            lines.append(f"buckets{rules}: " + _top_counts(self.buckets, max_names))
+        if self.masks:
+            lines.append(f"masks: {self.masks} image(s) have a _mask.png (used with masked_loss)")
         if self.missing_captions:
             lines.append("missing captions: " + _names(self.missing_captions, max_names))
         if self.unreadable:
@@ -173,6 +180,22 @@ class DatasetConfig(Settings):
         advanced=True,
     )
     strict: bool = setting(False, "Stop at the first unreadable image or caption instead of reporting it.")
+    # Appended after the original widgets so saved workflows keep their widget order.
+    buckets: bool = setting(
+        True, "Aspect-ratio buckets in the report (as Train LoRA's `buckets`); off = one square.", advanced=True
+    )
+    bucket_min: int = setting(0, "Smallest bucket side for the report; 0 = resolution / 2.", min=0, max=8192,
+                              advanced=True)  # fmt: skip
+    bucket_max: int = setting(0, "Largest bucket side for the report; 0 = resolution x 2.", min=0, max=16384,
+                              advanced=True)  # fmt: skip
+    bucket_step: int = setting(64, "Bucket sides are multiples of this.", min=8, max=512, step=8, advanced=True)
+    bucket_no_upscale: bool = setting(
+        False, "Small images keep their size (rounded down to bucket_step) instead of being upscaled.", advanced=True
+    )
+
+    def bucket_options(self) -> BucketOptions:
+        """The bucket settings as `BucketOptions`."""
+        return BucketOptions(self.buckets, self.bucket_min, self.bucket_max, self.bucket_step, self.bucket_no_upscale)
 
 
 # ---- loading ------------------------------------------------------------------------------------------------
@@ -191,7 +214,7 @@ def load_dataset(cfg: DatasetConfig | str | os.PathLike, **overrides: Any) -> Lo
         raise DatasetError(f"dataset folder {str(root)!r} does not exist or is not a folder")
     report = DatasetReport()
     problems = _Problems(report, cfg.strict)
-    image_paths = list(_find_images(root))
+    image_paths, mask_paths = split_masks(list(find_images(root)))
     csv_captions = _read_csv_captions(root, problems) if cfg.captions != "txt" else {}
     _warn_shared_sidecars(image_paths, report)
     items: list[ImageItem] = []
@@ -207,11 +230,14 @@ def load_dataset(cfg: DatasetConfig | str | os.PathLike, **overrides: Any) -> Lo
             report.missing_captions.append(rel)
             caption = cfg.default_caption
         repeats = _repeats_for(path, root, cfg.repeats, report)
-        items.append(ImageItem(caption=caption, path=path, repeats=repeats, width=width, height=height))
+        mask = mask_paths.get(path)
+        items.append(ImageItem(caption, path, repeats=repeats, width=width, height=height, mask_path=mask))
     report.images = len(items)
     report.captions = sum(1 for item in items if item.caption)
     report.sizes = dict(Counter(f"{item.width}x{item.height}" for item in items))
-    report.buckets = _bucket_counts(items, cfg.resolution)
+    report.buckets = bucket_counts(buckets_with(items, cfg.resolution, cfg.bucket_options()))
+    report.bucket_rules = cfg.bucket_options().describe(cfg.resolution)
+    report.masks = sum(1 for item in items if item.mask_path is not None)
     unknown = sorted(set(csv_captions) - {p.resolve() for p in image_paths})
     if unknown:
         report.warnings.append(
@@ -251,51 +277,6 @@ def _rel(path: Path, root: Path) -> str:
         return path.relative_to(root).as_posix()
     except ValueError:
         return str(path)
-
-
-def _find_images(root: Path):
-    """Image files below `root`, sorted, skipping hidden files and folders (macOS `._x.jpg`, our temp files)."""
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS):
-                yield Path(dirpath) / name
-
-
-def probe_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
-    """Open, size-check, then fully decode an image; returns (width, height) after EXIF orientation.
-
-    Raises DatasetError with a plain reason for empty, truncated, corrupt or oversized files.
-    """
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        size = path.stat().st_size
-    except OSError as exc:
-        raise DatasetError(f"cannot read file: {exc.strerror}") from None
-    if size == 0:
-        raise DatasetError("empty file (0 bytes)")
-    try:
-        with Image.open(path) as img:
-            width, height = img.size  # header only: nothing decoded yet
-            if width * height > max_pixels:
-                raise DatasetError(
-                    f"{width}x{height} = {width * height / 1e6:.1f} MP is more than max_pixels "
-                    f"({max_pixels / 1e6:.1f} MP); refused unread as a possible decompression bomb. Resize it, or "
-                    "raise max_pixels if you trust the file"
-                )
-            img.load()
-            orientation = img.getexif().get(0x0112, 1)
-    except DatasetError:
-        raise
-    except UnidentifiedImageError:
-        raise DatasetError("not an image PIL can read (corrupt or wrong extension)") from None
-    except Image.DecompressionBombError as exc:
-        raise DatasetError(f"refused unread as a possible decompression bomb: {exc} Resize the image") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise DatasetError(f"corrupt or truncated image: {exc}") from None
-    # EXIF orientations 5-8 rotate by 90 degrees: width and height swap once the orientation is applied.
-    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
 
 
 def _decode_text(raw: bytes, name: str, problems: _Problems) -> str:
@@ -417,10 +398,6 @@ def _parse_metadata_csv(path: Path, name: str, problems: _Problems) -> dict[str,
     if blank:
         report.warnings.append(f"{name}: {blank} row(s) without a file_name ignored")
     return rows
-
-
-def _bucket_counts(items: Sequence[ImageItem], resolution: int) -> dict[str, int]:
-    return dict(Counter(f"{w}x{h}" for w, h in assign_buckets(items, resolution)))
 
 
 # ---- in-memory datasets and previews ------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from lora_train.dataset import LoraDataset, assign_buckets
+from lora_train.dataset import LoraDataset, fit_to_bucket
 from lora_train.host.compat import HostTooOld, check_host
 from lora_train.host.families import FAMILIES, model_family, predicts_v, size_conditioning
 from lora_train.host.naming import diffusers_names, diffusers_pieces
@@ -40,6 +40,7 @@ from lora_train.training import (
     latent_key,
     preview_prompts,
     tensors_identity,
+    training_buckets,
 )
 
 log = logging.getLogger(__name__)
@@ -63,17 +64,6 @@ def unload_from_device(patcher) -> bool:
             mm.current_loaded_models.pop(index)
             unloaded = True
     return unloaded
-
-
-def fit_to_bucket(image, size: tuple[int, int]):
-    """Scale so the image covers `size`, then center-crop to it."""
-    from PIL import Image
-
-    w, h = size
-    scale = max(w / image.width, h / image.height)
-    resized = image.resize((max(w, round(image.width * scale)), max(h, round(image.height * scale))), Image.LANCZOS)
-    left, top = (resized.width - w) // 2, (resized.height - h) // 2
-    return resized.crop((left, top, left + w, top + h))
 
 
 def caption_with_trigger(caption: str, trigger: str) -> str:
@@ -184,7 +174,7 @@ class ComfyHost:
         self.guidance = cfg.guidance
         texts: dict[str, dict[str, Any]] = {}
         examples = []
-        buckets = assign_buckets(dataset.items, cfg.resolution)
+        buckets = training_buckets(dataset.items, cfg)
         first = caption_with_trigger(dataset.items[0].caption, cfg.trigger_word) if dataset.items else ""
         self._preview_prompts = preview_prompts(cfg.sample_prompts, cfg.trigger_word, first)
         self._preview_conds = None
@@ -309,6 +299,7 @@ class ComfyHost:
                     "lr": progress.lr,
                     "eta_s": progress.eta_s,
                     "elapsed_s": progress.elapsed_s,
+                    "validation_loss": progress.validation_loss,
                 },
             )
 

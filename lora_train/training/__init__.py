@@ -27,6 +27,8 @@ EXPORTS = {
     "tensors_identity": "latent_cache",
     "loss_chart": "plot",
     "save_lora": "lora_io",
+    "training_buckets": "data",
+    "tensorboard_available": "tensorboard_log",
     "load_lora": "lora_io",
     "OPTIMIZERS": "optim",
     "SCHEDULES": "optim",

@@ -7,7 +7,7 @@ import math
 import torch
 
 from lora_train.training.config import TrainConfig
-from lora_train.training.host_api import Example
+from lora_train.training.host_api import Example, TrainingError
 
 
 class BatchOrder:
@@ -46,10 +46,19 @@ class BatchOrder:
         return self._queue.pop(0)
 
     def state_dict(self) -> dict:
-        """Epoch and the batches still queued (the shared generator's state is saved by the caller)."""
-        return {"epoch": self.epoch, "queue": [list(batch) for batch in self._queue]}
+        """Epoch, the batches still queued and how many examples they index (the shared generator's state is saved
+        by the caller)."""
+        return {"epoch": self.epoch, "queue": [list(batch) for batch in self._queue], "examples": len(self.shapes)}
 
     def load_state_dict(self, state: dict) -> None:
+        """Continue from `state_dict()`; refuses a state that indexes another number of examples."""
+        written_for = state.get("examples", len(self.shapes))
+        if written_for != len(self.shapes):
+            raise TrainingError(
+                f"the resume state was written for {written_for} examples (training images, class images with "
+                f"repeats from reg_ratio) and this run has {len(self.shapes)}; use the same datasets and reg_ratio, "
+                "or set resume to false to start over"
+            )
         self.epoch = int(state["epoch"])
         self._queue = [list(batch) for batch in state["queue"]]
 

@@ -30,6 +30,8 @@ class Example:
     repeats: int = 1
     caption: str = ""  # as trained (trigger word included), for text-encoder training
     size: dict[str, int] | None = None  # the host's size conditioning (SDXL: original size, crop, target)
+    mask: torch.Tensor | None = None  # [1, h, w] loss weights in latent space (masked_loss), set by the trainer
+    loss_weight: float = 1.0  # prior_loss_weight for regularisation images
 
 
 @dataclass
@@ -43,6 +45,7 @@ class Progress:
     lr: float
     eta_s: float
     elapsed_s: float
+    validation_loss: float | None = None  # measured at this step (its own series; see training.validation)
 
 
 class TrainingSession(Protocol):

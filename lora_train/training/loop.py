@@ -13,7 +13,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,15 +21,17 @@ import torch
 
 from lora_train.dataset import LoraDataset
 from lora_train.training.batches import BatchOrder, total_steps
+from lora_train.training.block_swap import swapped_blocks
 from lora_train.training.checkpointing import gradient_checkpointing
 from lora_train.training.config import TrainConfig
+from lora_train.training.data import prepare_data
 from lora_train.training.distributed import SINGLE_PROCESS, Distributed
 from lora_train.training.host_api import Example, Progress, TrainingError, TrainingHost, TrainingSession
-from lora_train.training.latent_cache import cache_folder
 from lora_train.training.outputs import RunFiles, SaveFn
 from lora_train.training.previews import sample_due
 from lora_train.training.run import Run, build_run
 from lora_train.training.step import optimizer_step
+from lora_train.training.validation import Validator, best_validation
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,12 @@ class TrainResult:
     loss_history: list[tuple[int, float]] = field(default_factory=list)
     steps: int = 0
     saved: list[Path] = field(default_factory=list)
+    validation_history: list[tuple[int, float]] = field(default_factory=list)
+
+    @property
+    def best_validation(self) -> tuple[int, float] | None:
+        """(step, loss) of the lowest validation loss, or None when nothing was validated."""
+        return best_validation(self.validation_history) if self.validation_history else None
 
 
 def validate_inputs(cfg: TrainConfig, dataset: LoraDataset) -> None:
@@ -68,38 +76,44 @@ def train_lora(
     *,
     save: SaveFn | None = None,
     dist: Distributed = SINGLE_PROCESS,
+    reg_dataset: LoraDataset | None = None,
+    validation_dataset: LoraDataset | None = None,
 ) -> TrainResult:
     """Train a LoRA on `dataset` with the model `host` lends; write `<output_dir>/<output_name>.safetensors`.
 
     With `cfg.resume`, a `<output_name>.lora_state` left by an interrupted run is continued bit-identically.
     With `dist` from a torchrun launch, each process trains on its rows of every global batch of
     batch_size x world_size and only rank 0 writes files (see lora_train.training.distributed).
+    `reg_dataset` holds regularisation (class) images, `validation_dataset` images to validate on (besides any
+    `validation_split`).
     """
     validate_inputs(cfg, dataset)
     files = RunFiles(cfg, Path(output_dir), host, dataset, dist, save)
     resume_state = files.resume_state()
-    examples = _encode(cfg, dataset, host, files.output_dir)
+    data = prepare_data(cfg, dataset, host, files.output_dir, reg_dataset=reg_dataset,
+                        validation_dataset=validation_dataset)  # fmt: skip
+    files.data = data
     generator = torch.Generator().manual_seed(cfg.seed)
-    order = BatchOrder(examples, cfg.batch_size * dist.world_size, generator)
+    order = BatchOrder(data.examples, cfg.batch_size * dist.world_size, generator)
     steps = total_steps(cfg, order)
-    with host.session(cfg) as session:
+    validator = Validator.create(cfg, data.validation) if data.validation else None
+    with host.session(cfg) as session, files.board:
         run = build_run(cfg, session, generator, order, steps)
         dist.broadcast_parameters(run.params)
         if resume_state is not None:
             files.resume(run, resume_state, steps)
         _log_start(run, steps, session)
-        with _attached(run), gradient_checkpointing(session.diffusion_model, cfg.gradient_checkpointing):
-            _train_steps(cfg, run, session, host, examples, steps, files, dist)
+        model, checkpointing = session.diffusion_model, cfg.gradient_checkpointing or cfg.blocks_to_swap > 0
+        # Swapped blocks are wrapped first, so checkpointing's recompute copies their weights in again.
+        with (
+            _attached(run),
+            swapped_blocks(model, cfg.blocks_to_swap, session.device),
+            gradient_checkpointing(model, checkpointing),
+        ):
+            _train_steps(cfg, run, session, host, data.examples, steps, files, dist, validator)
         tensors = session.file_tensors(run.lora_tensors())
     lora_path, metadata = files.save_final(tensors, run)
-    return TrainResult(lora_path, tensors, metadata, run.history, steps, files.saved)
-
-
-def _encode(cfg: TrainConfig, dataset: LoraDataset, host: TrainingHost, output_dir: Path) -> list[Example]:
-    """Latents and conditioning, once (and from/to the on-disk latent cache when `cache_latents_to_disk`)."""
-    if cfg.cache_latents_to_disk:
-        return host.encode_examples(dataset, cfg, cache_dir=cache_folder(output_dir))
-    return host.encode_examples(dataset, cfg)
+    return TrainResult(lora_path, tensors, metadata, run.history, steps, files.saved, run.validation_history)
 
 
 def _log_start(run: Run, steps: int, session: TrainingSession) -> None:
@@ -129,9 +143,11 @@ def _train_steps(
     steps: int,
     files: RunFiles,
     dist: Distributed,
+    validator: Validator | None = None,
 ) -> None:
-    """The step loop: one optimizer step, then Cancel, report, save and previews when each is due."""
+    """The step loop: one optimizer step, then Cancel, validation, report, save and previews when each is due."""
     meter = LossMeter(cfg, steps, files.started, session.device, dist, run.history)
+    report = files.reporter(host)
     while run.step < steps:
         lr = run.scheduler.get_last_lr()[0]
         # Cancel (ComfyUI raises it inside any op, mid-step) or Ctrl-C: keep a resumable state of the last finished
@@ -142,7 +158,8 @@ def _train_steps(
         run.step += 1
         with files.state_kept_on_interrupt(run):
             host.check_cancel()
-        meter.report_if_due(run, host, lr)
+        validation = validator.measure_if_due(run, session, steps) if validator else None
+        meter.report_if_due(run, report, lr, validation)
         if cfg.save_steps and run.step % cfg.save_steps == 0 and run.step < steps:
             files.save_intermediate(run, session)
         if dist.is_main and sample_due(cfg.sample_every, run.step, steps):
@@ -163,10 +180,11 @@ class LossMeter:
         self.running += step_loss
         self.window_steps += 1
 
-    def report_if_due(self, run: Run, host: TrainingHost, lr: float) -> None:
-        """Check the loss is finite and, every `log_every` steps and at the end, append it and tell the host."""
+    def report_if_due(self, run: Run, report: Callable[[Progress], None], lr: float, validation: float | None) -> None:
+        """Check the loss is finite and, every `log_every` steps, at the end and with a validation loss, append it
+        and report it."""
         done, log_every = run.step, self.cfg.log_every
-        report_due = done % log_every == 0 or done == self.steps
+        report_due = done % log_every == 0 or done == self.steps or validation is not None
         if not (report_due or self.device.type == "cpu"):
             return
         mean_loss = float(self.dist.mean(self.running)) / self.window_steps
@@ -182,8 +200,7 @@ class LossMeter:
         run.history.append((done, mean_loss))
         rate = (time.time() - self.window_start) / self.window_steps
         now = time.time()
-        host.report(
-            Progress(done, self.steps, mean_loss, self.smoothed, lr, rate * (self.steps - done), now - self.started)
-        )
+        eta = rate * (self.steps - done)
+        report(Progress(done, self.steps, mean_loss, self.smoothed, lr, eta, now - self.started, validation))
         self.running.zero_()
         self.window_start, self.window_steps = time.time(), 0

@@ -183,6 +183,34 @@ SS_FROM_CONFIG = {
 }
 
 
+def training_metadata(
+    config: Mapping[str, Any],
+    *,
+    reg_info: DatasetInfo | None = None,
+    num_reg_images: int = 0,
+    buckets: Mapping[str, int] | None = None,
+) -> dict[str, str]:
+    """kohya's regularisation and bucket keys: `ss_reg_dataset_dirs` ({folder: {n_repeats, img_count}}),
+    `ss_num_reg_images` (class images per epoch, with repeats), `ss_prior_loss_weight`, `ss_enable_bucket`,
+    `ss_min/max_bucket_reso` (resolved: resolution/2 and x2 when 0), `ss_bucket_no_upscale`, `ss_bucket_info`."""
+    resolution = int(config.get("resolution") or 512)
+    step = int(config.get("bucket_step") or 64)
+    meta = {
+        "ss_reg_dataset_dirs": json.dumps(reg_info.dataset_dirs if reg_info else {}),
+        "ss_num_reg_images": str(num_reg_images),
+        "ss_prior_loss_weight": _text(config.get("prior_loss_weight", 1.0)),
+        "ss_enable_bucket": str(bool(config.get("buckets", True))),
+        "ss_min_bucket_reso": str(config.get("bucket_min") or max(step, (resolution // 2) // step * step)),
+        "ss_max_bucket_reso": str(config.get("bucket_max") or resolution * 2),
+        "ss_bucket_no_upscale": str(bool(config.get("bucket_no_upscale", False))),
+    }
+    if buckets:
+        sizes = {f"{i}": {"resolution": [int(v) for v in k.split("x")], "count": n}
+                 for i, (k, n) in enumerate(sorted(buckets.items()))}  # fmt: skip
+        meta["ss_bucket_info"] = json.dumps({"buckets": sizes})
+    return meta
+
+
 # Over 60 lines only through its keyword signature (every field a caller may set) and one flat table of kohya keys.
 def build_metadata(
     config: Mapping[str, Any],

@@ -79,6 +79,19 @@ def sample_sigmas(
     else:
         u = torch.sigmoid(mean + std * torch.randn(batch, generator=generator))
     u = u.clamp(1e-5, 1.0 - 1e-5)  # both ends are degenerate (no noise, or pure noise where eps models blow up)
+    return sigmas_at(sampling, u, num_timesteps, device, flow=flow)
+
+
+def sigmas_at(
+    sampling,
+    u: torch.Tensor,
+    num_timesteps: int = 1000,
+    device: torch.device | str = "cpu",
+    *,
+    flow: bool | None = None,
+) -> torch.Tensor:
+    """The model's sigmas at times `u` in (0, 1) (1 = pure noise), through its own schedule and shift."""
+    flow = is_flow(sampling) if flow is None else flow
     if not flow:  # what percent_to_sigma(1 - u) computes for a discrete schedule, without a read-back per sample
         return sampling.sigma((u * (num_timesteps - 1)).to(device)).float()
     # Flow schedules map times to sigmas in plain Python arithmetic (no device tensor involved).
@@ -138,13 +151,26 @@ LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]] =
 
 
 def training_loss(
-    pred: torch.Tensor, batch: DiffusionBatch, *, loss: str = "mse", delta: float = 0.1, min_snr_gamma: float = 0.0
+    pred: torch.Tensor,
+    batch: DiffusionBatch,
+    *,
+    loss: str = "mse",
+    delta: float = 0.1,
+    min_snr_gamma: float = 0.0,
+    mask: torch.Tensor | None = None,
+    weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Scalar loss: elementwise loss in output space, mean per sample, optional min-SNR weights, batch mean."""
+    """Scalar loss: elementwise loss in output space (times `mask` [B, 1, h, w], kohya's masked loss: mean over
+    all elements, masked ones counting zero), mean per sample, optional min-SNR weights and per-sample `weights`
+    (prior_loss_weight), batch mean."""
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
     per_element = LOSSES[loss](pred.float(), batch.target.float(), delta)
+    if mask is not None:
+        per_element = per_element * mask.float()
     per_sample = per_element.flatten(1).mean(dim=1)
     if min_snr_gamma > 0:
         per_sample = per_sample * min_snr_weight(batch, min_snr_gamma)
+    if weights is not None:
+        per_sample = per_sample * weights.to(per_sample)
     return per_sample.mean()

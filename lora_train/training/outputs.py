@@ -10,18 +10,24 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from lora_train.dataset import LoraDataset
 from lora_train.training.config import TrainConfig
 from lora_train.training.distributed import Distributed
-from lora_train.training.host_api import TrainingError, TrainingHost, TrainingSession
-from lora_train.training.lora_io import build_metadata, save_lora
+from lora_train.training.ema import ema_applied
+from lora_train.training.host_api import Progress, TrainingError, TrainingHost, TrainingSession
+from lora_train.training.lora_io import build_metadata, save_lora, training_metadata
 from lora_train.training.previews import sample_path, write_previews
 from lora_train.training.resume import ResumeState, check_compatible, load_state, prune_intermediate, state_path
 from lora_train.training.resume import save_state as write_state
 from lora_train.training.run import Run
+from lora_train.training.tensorboard_log import TensorBoardLog, tensorboard_folder
+
+if TYPE_CHECKING:
+    from lora_train.training.data import TrainingData
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +67,18 @@ class RunFiles:
         self.state_file = state_path(output_dir, cfg.output_name)
         self.saved: list[Path] = []
         self.started = time.time()
+        self.data: TrainingData | None = None  # set once encoded: regularisation and bucket facts for metadata
+        board_on = cfg.tensorboard and dist.is_main
+        self.board = TensorBoardLog(tensorboard_folder(output_dir, cfg.output_name), board_on)
+
+    def reporter(self, host: TrainingHost) -> Callable[[Progress], None]:
+        """Where progress goes: the host (chart, progress bar, CLI log) and the TensorBoard events."""
+
+        def report(progress: Progress) -> None:
+            host.report(progress)
+            self.board.progress(progress)
+
+        return report
 
     def resume_state(self) -> ResumeState | None:
         """The state an interrupted run left, when `resume` is on and there is one (read before any encoding)."""
@@ -75,7 +93,14 @@ class RunFiles:
     def metadata(self, step: int, epoch: int) -> dict[str, str]:
         """The LoRA file's `ss_*` / `modelspec.*` / config metadata after `step` steps."""
         cfg = self.cfg
-        return build_metadata(
+        data = self.data
+        extra = training_metadata(
+            cfg.to_dict(),
+            reg_info=data.reg_info if data else None,
+            num_reg_images=data.num_reg_images if data else 0,
+            buckets=data.buckets if data else {},
+        )
+        return extra | build_metadata(
             cfg.to_dict(),
             base_model_name=self.host.base_model_name,
             architecture=self.host.architecture,
@@ -112,8 +137,9 @@ class RunFiles:
     def write_previews(self, run: Run, session: TrainingSession, steps: int) -> None:
         """Sample the preview prompts with the LoRA as it is now (rank 0)."""
         preview = sample_path(self.output_dir, self.cfg.output_name, run.step, 0)
-        with explain_write_errors(preview, self.saved, self.state_file):
-            write_previews(session, self.host, run.adapter_sets, self.cfg, self.output_dir, run.step, steps)
+        with explain_write_errors(preview, self.saved, self.state_file), ema_applied(run.ema):
+            paths = write_previews(session, self.host, run.adapter_sets, self.cfg, self.output_dir, run.step, steps)
+        self.board.previews(run.step, paths)
 
     def save_final(self, tensors: dict[str, torch.Tensor], run: Run) -> tuple[Path, dict[str, str]]:
         """`<name>.safetensors`; the resume state is removed (the next run with this name starts fresh)."""

@@ -42,11 +42,13 @@ def cpu_has_native(precision: str) -> bool:
     return flags is None or any(flag in flags for flag in NATIVE_FLAGS.get(precision, ()))
 
 
-def compute_precision(requested: str, device_type: str) -> str:
+def compute_precision(requested: str, device_type: str, *, explain: bool = False) -> str:
     """The mixed precision to train with on `device_type`: `requested`, or "no" (fp32) on a CPU that would
-    emulate it."""
+    emulate it (with `explain`, said in one log line)."""
     if requested == "no" or device_type != "cpu" or cpu_has_native(requested):
         return requested
+    if not explain:
+        return "no"
     log.info(
         "mixed_precision=%s computes in fp32 on this CPU: it has no native %s support, where %s runs emulated "
         "(hundreds of times slower than fp32); the adapters are fp32 either way",

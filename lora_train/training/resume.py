@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,13 @@ STRUCTURAL = (
     "gradient_accumulation",
     "seed",
     "resolution",
+    "loraplus_lr_ratio",
+    "validation_split",
+    "buckets",
+    "bucket_min",
+    "bucket_max",
+    "bucket_step",
+    "bucket_no_upscale",
 )
 
 
@@ -58,6 +65,8 @@ class ResumeState:
     config: dict[str, Any]
     base_model: str
     history: list[list[float]]
+    validation_history: list[list[float]] = field(default_factory=list)
+    ema: dict[str, torch.Tensor] = field(default_factory=dict)  # index -> averaged adapter parameter (ema_decay)
 
 
 def _split_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -89,6 +98,7 @@ def save_state(path: Path, state: ResumeState) -> None:
     optimizer_tensors, optimizer_plain = _split_optimizer(state.optimizer)
     tensors = {f"adapter/{k}": v.detach().cpu().contiguous() for k, v in state.adapters.items()}
     tensors.update(optimizer_tensors)
+    tensors.update({f"ema/{k}": v.detach().cpu().contiguous() for k, v in state.ema.items()})
     tensors["rng/generator"] = state.generator_state.clone()
     tensors["rng/torch"] = state.torch_rng_state.clone()
     metadata = {
@@ -100,6 +110,7 @@ def save_state(path: Path, state: ResumeState) -> None:
         "config": json.dumps(state.config, sort_keys=True),
         "base_model": state.base_model,
         "history": json.dumps(state.history),
+        "validation_history": json.dumps(state.validation_history),
     }
     with atomic_write(path) as handle:
         handle.write(save(tensors, metadata=metadata))
@@ -126,6 +137,8 @@ def load_state(path: Path) -> ResumeState:
             config=json.loads(metadata["config"]),
             base_model=metadata["base_model"],
             history=json.loads(metadata["history"]),
+            validation_history=json.loads(metadata.get("validation_history", "[]")),
+            ema={k[len("ema/") :]: v for k, v in tensors.items() if k.startswith("ema/")},
         )
     except Exception as exc:  # safetensors, JSON and key errors all mean the same thing here
         raise ResumeError(
@@ -142,8 +155,10 @@ def check_compatible(state: ResumeState, cfg: TrainConfig, base_model: str, path
             f"{base_model}); use a different output_name, delete the state, or set resume to false"
         )
     current = cfg.to_dict()
+    defaults = TrainConfig().to_dict()
     for key in STRUCTURAL:
-        if state.config.get(key) != current.get(key):
+        # A setting newer than the state was at its default when the state was written.
+        if state.config.get(key, defaults[key]) != current.get(key):
             raise ResumeError(
                 f"cannot resume {path.name}: {key} was {state.config.get(key)!r} and is now {current.get(key)!r}; "
                 f"set it back, use a different output_name, or set resume to false to start over"

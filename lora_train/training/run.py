@@ -10,12 +10,15 @@ import torch
 
 from lora_train.training.batches import BatchOrder
 from lora_train.training.config import TrainConfig
+from lora_train.training.ema import AdapterEMA, ema_applied
 from lora_train.training.host_api import TrainingError, TrainingSession
 from lora_train.training.networks import AdapterSet, AdapterSpec, find_targets
 from lora_train.training.optim import make_optimizer, make_scheduler
 from lora_train.training.precision import compute_precision
 from lora_train.training.resume import ResumeState
 from lora_train.training.targets import target_filter
+
+LORAPLUS_NETWORKS = ("lora", "locon", "dora")
 
 
 @dataclass
@@ -28,17 +31,20 @@ class Run:
     scaler: Any
     generator: torch.Generator
     order: BatchOrder
-    precision: str = "no"  # the autocast actually used (see precision.compute_precision)
     base_model: str = ""  # the session's fingerprint: a resume state only continues on the same model
     step: int = 0
     history: list[tuple[int, float]] = field(default_factory=list)
+    validation_history: list[tuple[int, float]] = field(default_factory=list)
+    ema: AdapterEMA | None = None
 
     @property
     def params(self) -> list[torch.nn.Parameter]:
         return [p for group in self.optimizer.param_groups for p in group["params"]]
 
     def lora_tensors(self) -> dict[str, torch.Tensor]:
-        return lora_state_dict(self.adapter_sets)
+        """What is saved as the LoRA: the adapters, or their moving average when `ema_decay` is on."""
+        with ema_applied(self.ema):
+            return lora_state_dict(self.adapter_sets)
 
     def stream_state(self) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """The random streams and data order right now (cheap: two small tensors and a list of index lists)."""
@@ -49,7 +55,7 @@ class Run:
         generator_state, torch_rng_state, order = streams or self.stream_state()
         return ResumeState(
             step=self.step,
-            adapters=self.lora_tensors(),
+            adapters=lora_state_dict(self.adapter_sets),
             optimizer=self.optimizer.state_dict(),
             scheduler=self.scheduler.state_dict(),
             generator_state=generator_state,
@@ -58,6 +64,8 @@ class Run:
             config=cfg.to_dict(),
             base_model=self.base_model,
             history=[list(point) for point in self.history],
+            validation_history=[list(point) for point in self.validation_history],
+            ema=self.ema.state_tensors() if self.ema is not None else {},
         )
 
     def restore(self, state: ResumeState) -> None:
@@ -74,6 +82,11 @@ class Run:
         self.order.load_state_dict(state.order)
         self.step = state.step
         self.history = [(int(s), float(v)) for s, v in state.history]
+        self.validation_history = [(int(s), float(v)) for s, v in state.validation_history]
+        if self.ema is not None and state.ema:
+            self.ema.load_state_tensors(state.ema, updates=state.step)
+        elif self.ema is not None:  # the state was written without EMA: the average starts from here
+            self.ema = AdapterEMA(self.params, self.ema.decay)
 
 
 def lora_state_dict(adapter_sets) -> dict[str, torch.Tensor]:
@@ -88,13 +101,20 @@ def lora_state_dict(adapter_sets) -> dict[str, torch.Tensor]:
 def build_run(
     cfg: TrainConfig, session: TrainingSession, generator: torch.Generator, order: BatchOrder, steps: int
 ) -> Run:
-    """Adapters (seeded), optimizer, schedule and scaler for a fresh run."""
+    """Adapters (seeded), optimizer, schedule, scaler and EMA for a fresh run."""
     base_model = session.fingerprint()
     targets = find_targets(session.diffusion_model, target_filter(cfg, session.diffusion_model))
     if not targets:
         raise TrainingError(f"no layers matched targets={cfg.targets!r} in this model; try targets=all_linear")
     torch.manual_seed(cfg.seed)
-    spec = AdapterSpec(rank=cfg.rank, alpha=cfg.alpha, dropout=cfg.dropout, network=cfg.network)
+    spec = AdapterSpec(
+        rank=cfg.rank,
+        alpha=cfg.alpha,
+        dropout=cfg.dropout,
+        network=cfg.network,
+        rank_dropout=cfg.rank_dropout,
+        module_dropout=cfg.module_dropout,
+    )
     adapter_sets = [AdapterSet.create(targets, spec, key_prefix_for=session.kohya_prefix, device=session.device)]
     lrs = [cfg.learning_rate]
     if cfg.train_text_encoder:
@@ -106,11 +126,31 @@ def build_run(
         )
         lrs.append(cfg.text_encoder_lr)
     groups = [
-        {"params": [p for p in s.parameters() if p.requires_grad], "lr": lr}
-        for s, lr in zip(adapter_sets, lrs, strict=True)
+        group
+        for adapter_set, lr in zip(adapter_sets, lrs, strict=True)
+        for group in param_groups(adapter_set, lr, cfg.loraplus_lr_ratio)
     ]
     optimizer = make_optimizer(cfg.optimizer, groups, cfg.weight_decay)
     scheduler = make_scheduler(cfg.lr_scheduler, optimizer, steps, cfg.warmup_steps)
-    precision = compute_precision(cfg.mixed_precision, session.device.type)
+    precision = compute_precision(cfg.mixed_precision, session.device.type, explain=True)
     scaler = torch.amp.GradScaler(session.device.type, enabled=precision == "fp16")
-    return Run(adapter_sets, optimizer, scheduler, scaler, generator, order, precision, base_model)
+    run = Run(adapter_sets, optimizer, scheduler, scaler, generator, order, base_model=base_model)
+    if cfg.ema_decay > 0:
+        run.ema = AdapterEMA(run.params, cfg.ema_decay)
+    return run
+
+
+def param_groups(adapter_set: AdapterSet, lr: float, loraplus_lr_ratio: float = 0.0) -> list[dict[str, Any]]:
+    """The optimizer groups of one adapter set: all at `lr`, or with LoRA+ (arXiv 2402.12354; kohya's
+    loraplus_lr_ratio) the up (B) matrices at `lr * loraplus_lr_ratio` in a group of their own."""
+    named = [(name, p) for name, p in adapter_set.named_parameters() if p.requires_grad]
+    if loraplus_lr_ratio <= 0:
+        return [{"params": [p for _, p in named], "lr": lr}]
+    if adapter_set.spec.network not in LORAPLUS_NETWORKS:
+        raise TrainingError(
+            f"loraplus_lr_ratio works on networks with up/down matrices ({', '.join(LORAPLUS_NETWORKS)}), not "
+            f"{adapter_set.spec.network!r}; set loraplus_lr_ratio to 0 or pick one of those networks"
+        )
+    up = [p for name, p in named if ".lora_up." in name]
+    rest = [p for name, p in named if ".lora_up." not in name]
+    return [{"params": rest, "lr": lr}, {"params": up, "lr": lr * loraplus_lr_ratio}]

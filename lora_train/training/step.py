@@ -13,6 +13,8 @@ from lora_train.training.config import TrainConfig
 from lora_train.training.distributed import Distributed
 from lora_train.training.host_api import Example, TrainingSession
 from lora_train.training.losses import diffusion_batch, sample_noise, sample_sigmas, training_loss
+from lora_train.training.masks import batch_mask
+from lora_train.training.precision import compute_precision
 from lora_train.training.run import Run
 
 AUTOCAST = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -65,12 +67,34 @@ def _batch_loss(
     latents, noise, sigmas = global_latents[rows].to(device), noise[rows].to(device), sigmas[rows]
     picked = [(examples[indices[r]], drop[r]) for r in rows]
     cond = batch_cond(cfg, session, picked, None if texts is None else [texts[r] for r in rows], latents)
-    batch = diffusion_batch(session.sampling, latents, noise, sigmas)
-    autocast_dtype = AUTOCAST[run.precision]
-    with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-        pred = session.predict(batch.model_input, batch.sigmas, batch.timesteps, cond, noise)
-    loss = training_loss(pred, batch, loss=cfg.loss, delta=cfg.huber_delta, min_snr_gamma=cfg.min_snr_gamma)
+    loss = predicted_loss(cfg, session, [example for example, _ in picked], latents, noise, sigmas, cond)
     return loss * dist.loss_weight(len(rows), len(indices))
+
+
+def predicted_loss(
+    cfg: TrainConfig,
+    session: TrainingSession,
+    batch_examples: list[Example],
+    latents: torch.Tensor,
+    noise: torch.Tensor,
+    sigmas: torch.Tensor,
+    cond: Any,
+) -> torch.Tensor:
+    """Noise `latents`, predict, and the loss (masks and per-example weights of `batch_examples` applied)."""
+    batch = diffusion_batch(session.sampling, latents, noise, sigmas)
+    autocast_dtype = AUTOCAST[compute_precision(cfg.mixed_precision, latents.device.type)]
+    with torch.autocast(latents.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        pred = session.predict(batch.model_input, batch.sigmas, batch.timesteps, cond, noise)
+    weights = [example.loss_weight for example in batch_examples]
+    return training_loss(
+        pred,
+        batch,
+        loss=cfg.loss,
+        delta=cfg.huber_delta,
+        min_snr_gamma=cfg.min_snr_gamma,
+        mask=batch_mask(batch_examples, latents),
+        weights=None if all(w == 1.0 for w in weights) else torch.tensor(weights),
+    )
 
 
 def optimizer_step(
@@ -93,4 +117,6 @@ def optimizer_step(
     run.scaler.update()
     run.optimizer.zero_grad(set_to_none=True)
     run.scheduler.step()
+    if run.ema is not None:
+        run.ema.update()
     return total

@@ -21,8 +21,11 @@ DOCS_SCREENSHOT = REPO_ROOT / "docs" / "train_node.png"
 TRAIN_NODE = 3  # the Train LoRA node's id in example_workflows/train_lora_from_folder.json
 LORA_NAME = "browser_view_lora"
 # The host test's tiny profile, with an own output name: a graph that ComfyUI had cached would send no progress.
+# A validation loss every 4 steps (two of the eight images held out) puts its green line on the chart.
+VALIDATE_EVERY = 4
 PROFILE = examples.TINY_PROFILE | {
-    "LoraTrain_TrainLoRA": examples.TINY_PROFILE["LoraTrain_TrainLoRA"] | {"output_name": LORA_NAME},
+    "LoraTrain_TrainLoRA": examples.TINY_PROFILE["LoraTrain_TrainLoRA"]
+    | {"output_name": LORA_NAME, "validation_split": 0.25, "validate_every": VALIDATE_EVERY},
 }
 TRAIN_STEPS = examples.TINY_PROFILE["LoraTrain_TrainLoRA"]["steps"]
 LOG_EVERY = examples.TINY_PROFILE["LoraTrain_TrainLoRA"]["log_every"]
@@ -46,14 +49,17 @@ VIEW_STATE_JS = """
     const view = node.loraTrainView;
     const chart = view.chart.getContext("2d").getImageData(0, 0, view.chart.width, view.chart.height).data;
     let smoothedPixels = 0; // the smoothed line's orange (#ffb347)
+    let validationPixels = 0; // the validation line's green (#6ecd78)
     for (let i = 0; i < chart.length; i += 4) {
         if (chart[i] > 230 && chart[i + 1] > 150 && chart[i + 1] < 210 && chart[i + 2] < 110) smoothedPixels += 1;
+        if (chart[i] < 140 && chart[i + 1] > 180 && chart[i + 2] > 90 && chart[i + 2] < 150) validationPixels += 1;
     }
     return {
         points: view.points,
         dataset: { ...view.root.dataset },
         stats: view.stats.textContent,
         smoothedPixels,
+        validationPixels,
         samplesSeen: view.samplesSeen,
         sampleLoaded: view.sample.complete && view.sample.naturalWidth > 0,
         outputImages: app.nodeOutputs[String(nodeId)]?.images ?? [],
@@ -113,6 +119,10 @@ def test_train_node_chart_receives_a_point_per_progress_event(trained_page):
     assert all(p["loss"] > 0 and p["smoothed"] > 0 for p in state["points"])
     assert state["dataset"]["points"] == str(len(state["points"]))
     assert state["smoothedPixels"] > 50, "the smoothed loss line was not drawn on the chart"
+    validated = [p["step"] for p in state["points"] if p.get("validation") is not None]
+    assert validated == list(range(VALIDATE_EVERY, TRAIN_STEPS + 1, VALIDATE_EVERY))
+    assert state["validationPixels"] > 20, "the validation loss line was not drawn on the chart"
+    assert "best val" in state["stats"]
     assert f"step {TRAIN_STEPS} / {TRAIN_STEPS}" in state["stats"]
     assert f"saved {LORA_NAME}.safetensors" in state["stats"]
 

@@ -83,7 +83,7 @@ def test_unknown_key_is_refused_with_the_nearest_name(tmp_path, text, hint):
         ("rank: 0\n", "rank must be between 1 and 1024, got 0"),
         ("lora_rank: 2000\n", "lora_rank (= rank): rank must be between 1 and 1024, got 2000"),
         ("rank: many\n", "rank must be a int, got 'many'"),
-        ("learning_rate: 2\n", "learning_rate must be between 1e-08 and 1.0, got 2.0"),
+        ("learning_rate: 2\n", "learning_rate must be between 0.0 and 1.0, got 2.0"),
         ("optimizer: sgdd\n", "got 'sgdd' (did you mean 'sgd'?)"),
         ("mixed_precision: no\n", 'quote it, e.g. mixed_precision: "no"'),
     ],

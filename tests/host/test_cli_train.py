@@ -55,7 +55,10 @@ def test_train_from_a_config_writes_the_lora_and_a_log(host, tmp_path, small_job
     assert "step 3/3 loss" in log and f"wrote {lora}" in log
     assert "captions for 8 of 8 images" in log
     assert "3/3" in done.stderr, "the tqdm bar should reach 3/3"
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["cli_lora.log", "cli_lora.safetensors"]
+    # TensorBoard is installed in the test host: the command line writes its events unless the config says no.
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["cli_lora.log", "cli_lora.safetensors",
+                                                                    "tensorboard"]  # fmt: skip
+    assert list((tmp_path / "out" / "tensorboard" / "cli_lora").glob("events.out.tfevents.*"))
 
 
 def test_a_run_that_cannot_train_exits_non_zero_with_the_error_and_no_lora(host, tmp_path, small_job):

@@ -103,7 +103,7 @@ def test_loss_is_recorded_and_finite(tiny_checkpoint, style_dataset_dir, tmp_pat
 
 @pytest.mark.parametrize(
     ("overrides", "message"),
-    [({"rank": 0}, "rank must be between 1"), ({"learning_rate": 0}, "learning_rate must be between")],
+    [({"rank": 0}, "rank must be between 1"), ({"learning_rate": -1}, "learning_rate must be between")],
 )
 def test_bad_settings_are_refused_by_name(overrides, message):
     with pytest.raises(ValueError, match=message):

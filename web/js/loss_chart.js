@@ -1,9 +1,11 @@
-// Draws a loss curve on a canvas: raw loss as faint dots and line, smoothed loss as a bold line, x = step.
+// Draws a loss curve on a canvas: raw loss as faint dots and line, smoothed loss as a bold line, validation loss
+// (when the run measures one) as green dots and line, x = step.
 // Pure drawing: the caller owns the points and calls drawLossChart again when they change.
 
 const COLORS = {
     raw: "rgba(140, 170, 255, 0.55)",
     smoothed: "#ffb347",
+    validation: "#6ecd78",
     axis: "rgba(200, 200, 200, 0.35)",
     text: "rgba(220, 220, 220, 0.85)",
 };
@@ -28,7 +30,7 @@ function polyline(ctx, points, x, y) {
 }
 
 /**
- * Draw `points` ({step, loss, smoothed}) for a run of `total` steps onto `canvas`, sized to its CSS box.
+ * Draw `points` ({step, loss, smoothed, validation?}) for a run of `total` steps onto `canvas`, sized to its CSS box.
  * `formatValue` renders the y-axis labels.
  */
 export function drawLossChart(canvas, points, total, formatValue) {
@@ -54,7 +56,7 @@ export function drawLossChart(canvas, points, total, formatValue) {
     }
     const lastStep = points[points.length - 1].step;
     const xMax = Math.max(total || 0, lastStep, 1);
-    const values = points.flatMap((p) => [p.loss, p.smoothed]).filter(Number.isFinite);
+    const values = points.flatMap((p) => [p.loss, p.smoothed, p.validation]).filter(Number.isFinite);
     const [yMin, yMax] = niceRange(values.length ? values : [0, 1]);
     const plotW = width - PAD.left - PAD.right;
     const plotH = height - PAD.top - PAD.bottom;
@@ -72,6 +74,7 @@ export function drawLossChart(canvas, points, total, formatValue) {
 
     const raw = points.filter((p) => Number.isFinite(p.loss)).map((p) => [p.step, p.loss]);
     const smoothed = points.filter((p) => Number.isFinite(p.smoothed)).map((p) => [p.step, p.smoothed]);
+    const validation = points.filter((p) => Number.isFinite(p.validation)).map((p) => [p.step, p.validation]);
     ctx.save();
     ctx.beginPath();
     ctx.rect(PAD.left, PAD.top, plotW, plotH);
@@ -83,6 +86,10 @@ export function drawLossChart(canvas, points, total, formatValue) {
     ctx.strokeStyle = COLORS.smoothed;
     ctx.lineWidth = 2;
     polyline(ctx, smoothed, x, y);
+    ctx.strokeStyle = COLORS.validation;
+    ctx.fillStyle = COLORS.validation;
+    polyline(ctx, validation, x, y);
+    for (const [step, value] of validation) ctx.fillRect(x(step) - 2.5, y(value) - 2.5, 5, 5);
     ctx.restore();
 
     ctx.textAlign = "left";
@@ -91,4 +98,8 @@ export function drawLossChart(canvas, points, total, formatValue) {
     ctx.fillText("loss", PAD.left + 6, PAD.top + 3);
     ctx.fillStyle = COLORS.smoothed;
     ctx.fillText("smoothed", PAD.left + 36, PAD.top + 3);
+    if (validation.length) {
+        ctx.fillStyle = COLORS.validation;
+        ctx.fillText("validation", PAD.left + 92, PAD.top + 3);
+    }
 }

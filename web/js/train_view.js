@@ -3,6 +3,7 @@
 // "lora_train.train_sample"); the training itself runs on the server, with or without this page open.
 import { app } from "../../../scripts/app.js";
 import { addDisplayWidget, chainCallback, formatDuration, formatNumber, listenForNode, viewUrl } from "./common.js";
+import { foldAdvancedWidgets } from "./advanced_widgets.js";
 import { drawLossChart } from "./loss_chart.js";
 
 const NODE_TYPE = "LoraTrain_TrainLoRA";
@@ -54,6 +55,7 @@ class TrainView {
     /** A new run starts on this node: forget the last one's points and sample. */
     reset() {
         this.points = [];
+        this.best = undefined;
         this.total = 0;
         this.samplesSeen = 0;
         this.sample.style.display = "none";
@@ -70,12 +72,17 @@ class TrainView {
         const last = this.points[this.points.length - 1];
         if (last && detail.step <= last.step) this.reset(); // a re-queued run whose start we did not see
         this.total = detail.total;
-        this.points.push({ step: detail.step, loss: detail.loss, smoothed: detail.smoothed_loss });
+        const validation = Number.isFinite(detail.validation_loss) ? detail.validation_loss : undefined;
+        this.points.push({ step: detail.step, loss: detail.loss, smoothed: detail.smoothed_loss, validation });
+        if (validation !== undefined && !(validation >= this.best?.loss)) {
+            this.best = { step: detail.step, loss: validation }; // the earliest of equal losses stays best
+        }
         this.root.dataset.status = "training";
         const lr = Number.isFinite(detail.lr) ? detail.lr.toExponential(2) : "–";
+        const best = this.best ? ` · best val ${formatNumber(this.best.loss)} @ ${this.best.step}` : "";
         this.stats.textContent =
             `step ${detail.step} / ${detail.total} · loss ${formatNumber(detail.loss)}` +
-            ` · smoothed ${formatNumber(detail.smoothed_loss)}\n` +
+            ` · smoothed ${formatNumber(detail.smoothed_loss)}${best}\n` +
             `lr ${lr} · elapsed ${formatDuration(detail.elapsed_s)} · ETA ${formatDuration(detail.eta_s)}`;
         this.update();
     }
@@ -129,6 +136,7 @@ app.registerExtension({
         if (nodeData?.name !== NODE_TYPE) return;
 
         chainCallback(nodeType.prototype, "onNodeCreated", function () {
+            foldAdvancedWidgets(this); // before sizing the node (whichever extension runs first)
             const view = new TrainView(this);
             this.loraTrainView = view;
             addDisplayWidget(this, "lora_train_view", view.root, () => view.minHeight());

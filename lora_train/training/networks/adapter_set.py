@@ -234,7 +234,7 @@ class _BranchHook:
 
     def __call__(self, module: nn.Module, args: tuple, output: Tensor) -> Tensor | None:
         owner = self.owner
-        if not owner.enabled or owner.multiplier == 0:
+        if not owner.enabled or owner.multiplier == 0 or self.adapter.dropped():
             return None
         x = args[0]
         ref = self.adapter.alpha  # a buffer: `.to()` moves and casts it with the adapter's parameters

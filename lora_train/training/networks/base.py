@@ -23,14 +23,17 @@ class AdapterSpec:
     alpha: float
     dropout: float = 0.0
     network: str = "lora"
+    rank_dropout: float = 0.0  # kohya: drop ranks per sample (lora / locon), the rest scaled up to compensate
+    module_dropout: float = 0.0  # kohya: skip the whole branch for a forward pass
 
     def __post_init__(self) -> None:
         if not isinstance(self.rank, int) or isinstance(self.rank, bool) or not 1 <= self.rank <= 4096:
             raise ValueError(f"rank must be an integer between 1 and 4096, got {self.rank!r}")
         if not math.isfinite(float(self.alpha)) or float(self.alpha) <= 0:
             raise ValueError(f"alpha must be a positive number (usually rank or rank/2), got {self.alpha!r}")
-        if not 0.0 <= float(self.dropout) < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        for name in ("dropout", "rank_dropout", "module_dropout"):
+            if not 0.0 <= float(getattr(self, name)) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
 
 
 def is_adaptable(module: nn.Module) -> bool:
@@ -67,6 +70,13 @@ class Adapter(nn.Module):
         self.register_buffer("alpha", torch.tensor(float(spec.alpha)))
         self.scale = float(spec.alpha) / spec.rank  # a Python float: no device sync per step
         self.dropout = nn.Dropout(spec.dropout) if spec.dropout > 0 else nn.Identity()
+        self.rank_dropout = float(spec.rank_dropout)
+        self.module_dropout = float(spec.module_dropout)
+
+    def dropped(self) -> bool:
+        """kohya module dropout: in training mode, skip this branch for one forward pass with that probability
+        (drawn from torch's CPU stream, which the resume state keeps)."""
+        return self.training and self.module_dropout > 0 and float(torch.rand(())) < self.module_dropout
 
     @classmethod
     def accepts(cls, module: nn.Module) -> bool:

@@ -41,7 +41,21 @@ class LoRAAdapter(Adapter):
 
     def delta_output(self, x: Tensor, base_weight: Tensor | None = None) -> Tensor:
         # Activation side: two thin matmuls instead of materialising a full-size weight every step.
-        return self.lora_up(self.lora_down(self.dropout(x))) * self.scale
+        hidden = self.lora_down(self.dropout(x))
+        scale = self.scale
+        if self.training and self.rank_dropout > 0:
+            hidden, scale = self.drop_ranks(hidden), scale / (1.0 - self.rank_dropout)
+        return self.lora_up(hidden) * scale
+
+    def drop_ranks(self, hidden: Tensor) -> Tensor:
+        """kohya rank dropout: zero each rank of `hidden` per sample with probability `rank_dropout` (the caller
+        scales the branch by 1 / (1 - rank_dropout), as kohya does)."""
+        keep = torch.rand(hidden.shape[0], self.rank, device=hidden.device) > self.rank_dropout
+        if self.is_conv:  # [B, rank, h, w]
+            shape = (hidden.shape[0], self.rank, *[1] * (hidden.dim() - 2))
+        else:  # [B, ..., rank]
+            shape = (hidden.shape[0], *[1] * (hidden.dim() - 2), self.rank)
+        return hidden * keep.reshape(shape).to(hidden.dtype)
 
 
 class LoConAdapter(LoRAAdapter):
