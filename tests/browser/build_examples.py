@@ -1,7 +1,7 @@
 """Write example_workflows/: API-format files from tests/browser/examples.py, UI-format files converted from them
 by the real ComfyUI frontend (headless Chromium against a test host), each with a Note saying what to set.
 
-    python -m tests.browser.build_examples            # every example whose nodes exist in this checkout
+    python -m tests.browser.build_examples            # every example (UI files written by the oldest tested host)
     python -m tests.browser.build_examples NAME ...   # only these
 
 Run it with the host venv's python after changing a node's widgets; the host test fails until the files match.
@@ -82,7 +82,9 @@ def build_ui(names: list[str]) -> None:
     reason = ensure_chromium()
     if reason:
         raise SystemExit(f"cannot convert to UI format: {reason}")
-    host = host_builder.setup_host()
+    # The oldest tested frontend writes them: every tested frontend loads its UI format (checked on both hosts by
+    # tests/browser/test_train_view.py), while 0.33's frontend 1.49.6 does not convert an API graph this way.
+    host = host_builder.setup_host(next(iter(host_builder.HOSTS)))
     with tempfile.TemporaryDirectory(prefix="lora_examples_") as base:
         server = ComfyServer(host.comfyui, host.python, Path(base))
         with server, launch() as browser, frontend(browser, server.url) as page:
@@ -90,6 +92,8 @@ def build_ui(names: list[str]) -> None:
                 graph_json = page.evaluate(API_TO_UI_JS, {"api": examples.load_api(name), "note": examples.NOTES[name],
                                                      "name": name})  # fmt: skip
                 graph = json.loads(graph_json)
+                if len(graph["nodes"]) <= len(examples.load_api(name)):  # the API graph's nodes plus the Note
+                    raise SystemExit(f"the frontend lost nodes converting {name}: {len(graph['nodes'])} nodes written")
                 write_json(examples.EXAMPLES_DIR / f"{name}.json", graph)
                 log.info("wrote %s (%d nodes)", name, len(graph["nodes"]))
 

@@ -101,8 +101,10 @@ NOTES = {
 
 
 def widget_defaults(settings_class) -> dict[str, Any]:
-    """Every widget of a Settings-backed node at its default (API-format workflows must name them all)."""
-    return {name: spec[1]["default"] for name, spec in settings_class.comfy_inputs().items()}
+    """Every widget of a Settings-backed node at its default, optional ones too (API-format workflows name them all,
+    as every frontend queues them)."""
+    inputs = {**settings_class.comfy_inputs(), **settings_class.comfy_inputs(optional=True)}
+    return {name: spec[1]["default"] for name, spec in inputs.items() if "default" in spec[1]}
 
 
 def _sample(

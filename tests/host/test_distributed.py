@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 
 from lora_train.dataset.loading import load_dataset
 from lora_train.dev.tiny_models import TINY_SD15_NAME
+from lora_train.training import tensorboard_available
 from lora_train.training.distributed import SINGLE_PROCESS, Distributed, DistributedError, from_environment
 from tests.conftest import REPO_ROOT
 
@@ -121,7 +122,12 @@ def test_two_cpu_ranks_match_one_process_with_the_doubled_batch(
     ]  # fmt: skip
     done = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
-    assert sorted(p.name for p in out.iterdir()) == ["my_lora.log", "my_lora.safetensors"], "only rank 0 writes"
+    # Only rank 0 writes: the LoRA, the log and (the CLI's default when the package is there) one TensorBoard run.
+    board = ["tensorboard"] if tensorboard_available() else []
+    assert sorted(p.name for p in out.iterdir()) == ["my_lora.log", "my_lora.safetensors", *board], (
+        "only rank 0 writes"
+    )
+    assert len(list(out.glob("tensorboard/*/events.out.tfevents.*"))) == len(board), "one writer, not one per rank"
     log = (out / "my_lora.log").read_text(encoding="utf-8")
     assert "effective batch 4 (batch_size 2 x gradient_accumulation 1 x 2 processes)" in log
     assert log.count("step 4/4 loss") == 1, "only rank 0 logs progress"
