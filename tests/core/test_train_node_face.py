@@ -15,9 +15,11 @@ EVERYDAY = {"network", "rank", "alpha", "learning_rate", "steps", "batch_size", 
 
 
 def _node_inputs():
-    from nodes.train import TrainLoRA
+    # Loaded as ComfyUI loads the extension (under its folder's name): a plain `import nodes` would take the name
+    # ComfyUI's own nodes module has, for every later in-process host test.
+    from tests.conftest import load_extension
 
-    return TrainLoRA.INPUT_TYPES()
+    return load_extension().NODE_CLASS_MAPPINGS["LoraTrain_TrainLoRA"].INPUT_TYPES()
 
 
 def _first_release_widgets() -> list[str]:
