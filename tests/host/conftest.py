@@ -88,17 +88,25 @@ def comfy_lib(host):
     return import_comfy(host.comfyui, cpu=True)
 
 
-@pytest.fixture(scope="session")
-def tiny_checkpoint(comfy_lib, tiny_models_dir):
-    """(MODEL, CLIP, VAE) of the tiny SD1.5 checkpoint, loaded in-process with ComfyUI's own loader."""
+def _load_tiny_checkpoint(tiny_models_dir: Path):
     import comfy.sd
     import torch
-
-    from lora_train.dev.tiny_models import TINY_SD15_NAME
 
     with torch.inference_mode():  # as CheckpointLoaderSimple runs in the server: weights are inference tensors
         out = comfy.sd.load_checkpoint_guess_config(str(tiny_models_dir / "checkpoints" / TINY_SD15_NAME))
     return out[0], out[1], out[2]
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(comfy_lib, tiny_models_dir):
+    """(MODEL, CLIP, VAE) of the tiny SD1.5 checkpoint, loaded in-process with ComfyUI's own loader (shared)."""
+    return _load_tiny_checkpoint(tiny_models_dir)
+
+
+@pytest.fixture
+def own_tiny_checkpoint(comfy_lib, tiny_models_dir):
+    """The same, loaded for this test alone: no other test's clones share its modules."""
+    return _load_tiny_checkpoint(tiny_models_dir)
 
 
 @pytest.fixture(scope="session")

@@ -163,14 +163,13 @@ def test_a_model_that_is_not_a_diffusion_model_is_refused(tiny_checkpoint):
 
 
 def test_text_encoder_training_writes_kohya_te_keys_and_restores_the_clip(
-    tiny_checkpoint, style_dataset_dir, tmp_path
+    own_tiny_checkpoint, style_dataset_dir, tmp_path
 ):
-    model, clip, vae = tiny_checkpoint
+    # Its own checkpoint: clones other tests made of the shared one (with LoRA patches ComfyUI swaps in and out of
+    # the shared modules as models load) would change these weights whatever training does.
+    model, clip, vae = own_tiny_checkpoint
     import comfy.model_management as mm
 
-    # Start from nothing loaded: a LoRA'd clone another test left loaded shares these modules, and ComfyUI swaps
-    # its patches in and out of them as models load (the comparison is about what training leaves behind).
-    mm.unload_all_models()
     mm.load_models_gpu([clip.patcher])
     text_state = {k: v.detach().clone() for k, v in clip.cond_stage_model.state_dict().items()}
     result = _train(model, clip, vae, load_dataset(style_dataset_dir), tmp_path, train_text_encoder=True)
