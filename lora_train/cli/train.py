@@ -13,7 +13,7 @@ import contextlib
 import logging
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -243,6 +243,31 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
+def _logged_run(
+    train: Callable[[], int], log_path: Path, dist: Distributed, *, bad_input: tuple, interrupted: str
+) -> int:
+    """Run `train` with the log file open (rank 0) and turn what it raises into an exit code and one line on the
+    terminal: bad input -> 2, a training error or anything unexpected -> 1 (traceback in the log), Ctrl-C -> 130."""
+    from lora_train.training import TrainingError
+
+    with run_log(log_path if dist.is_main else None):
+        try:
+            return train()
+        except bad_input as exc:
+            log.error("%s", exc)
+            return _fail(str(exc), EXIT_BAD_INPUT)
+        except TrainingError as exc:
+            log.error("training failed: %s", exc)
+            return _fail(f"training failed: {exc}", EXIT_FAILED)
+        except KeyboardInterrupt:
+            log.error("%s", interrupted)
+            return _fail(interrupted, EXIT_INTERRUPTED)
+        except Exception as exc:  # anything else: the traceback goes to the log file, one line to the terminal
+            log.exception("training failed")
+            where = f" (traceback in {log_path})" if dist.is_main else ""
+            return _fail(f"training failed: {type(exc).__name__}: {exc}{where}", EXIT_FAILED)
+
+
 def run(args: argparse.Namespace) -> int:
     """Validate the config, join the process group (torchrun), train; the exit code says whether a LoRA exists."""
     from lora_train.training import DistributedError, from_environment, pick_device_type, process_group
@@ -270,7 +295,7 @@ def _train(job: TrainJob, args: argparse.Namespace, dist: Distributed) -> int:
     from lora_train.dataset import DatasetError
     from lora_train.host.bootstrap import ComfyUINotFound, import_comfy
     from lora_train.settings import SettingsError
-    from lora_train.training import TrainingError, pick_device_type
+    from lora_train.training import pick_device_type
 
     try:
         comfy_root = import_comfy(args.comfyui, cpu=pick_device_type(args.cpu) == "cpu")
@@ -280,22 +305,13 @@ def _train(job: TrainJob, args: argparse.Namespace, dist: Distributed) -> int:
     except ComfyUINotFound as exc:
         return _fail(str(exc), EXIT_BAD_INPUT)
     log_path = output_dir / f"{job.train.output_name}.log"
-    with run_log(log_path if dist.is_main else None):
-        try:
-            return _train_logged(job, comfy_root, output_dir, dist)
-        except (ConfigError, DatasetError, SettingsError) as exc:
-            log.error("%s", exc)
-            return _fail(str(exc), EXIT_BAD_INPUT)
-        except TrainingError as exc:
-            log.error("training failed: %s", exc)
-            return _fail(f"training failed: {exc}", EXIT_FAILED)
-        except KeyboardInterrupt:
-            log.error("interrupted; no final LoRA was written")
-            return _fail("interrupted; no final LoRA was written", EXIT_INTERRUPTED)
-        except Exception as exc:  # anything else: the traceback goes to the log file, one line to the terminal
-            log.exception("training failed")
-            where = f" (traceback in {log_path})" if dist.is_main else ""
-            return _fail(f"training failed: {type(exc).__name__}: {exc}{where}", EXIT_FAILED)
+    return _logged_run(
+        lambda: _train_logged(job, comfy_root, output_dir, dist),
+        log_path,
+        dist,
+        bad_input=(ConfigError, DatasetError, SettingsError),
+        interrupted="interrupted; no final LoRA was written",
+    )
 
 
 def _train_logged(job: TrainJob, comfy_root: Path, output_dir: Path, dist: Distributed) -> int:
@@ -350,7 +366,7 @@ def _train_llm(job: LlmJob, args: argparse.Namespace, dist: Distributed) -> int:
     Every input is checked (`prepare`) before the log file or anything else is written."""
     from lora_train.llm import LlmDataError, LlmModelError, prepare
     from lora_train.settings import SettingsError
-    from lora_train.training import ResumeError, TrainingError, pick_device_type
+    from lora_train.training import ResumeError, pick_device_type
 
     device_type = pick_device_type(args.cpu)
     bad_input = (ConfigError, SettingsError, LlmDataError, LlmModelError, ResumeError)
@@ -362,21 +378,13 @@ def _train_llm(job: LlmJob, args: argparse.Namespace, dist: Distributed) -> int:
         log.debug("checking the inputs failed", exc_info=True)
         return _fail(f"could not read the inputs: {type(exc).__name__}: {exc} (-v shows the traceback)", EXIT_FAILED)
     log_path = Path(job.paths.output_dir).expanduser() / f"{job.train.output_name}.log"
-    with run_log(log_path if dist.is_main else None):
-        try:
-            return _train_llm_logged(job, prepared, device_type, dist)
-        except bad_input as exc:
-            log.error("%s", exc)
-            return _fail(str(exc), EXIT_BAD_INPUT)
-        except TrainingError as exc:
-            log.error("training failed: %s", exc)
-            return _fail(f"training failed: {exc}", EXIT_FAILED)
-        except KeyboardInterrupt:
-            log.error("interrupted; no final adapter was written")
-            return _fail("interrupted; no final adapter was written (the next run resumes)", EXIT_INTERRUPTED)
-        except Exception as exc:  # the traceback goes to the log file, one line to the terminal
-            log.exception("training failed")
-            return _fail(f"training failed: {type(exc).__name__}: {exc} (traceback in {log_path})", EXIT_FAILED)
+    return _logged_run(
+        lambda: _train_llm_logged(job, prepared, device_type, dist),
+        log_path,
+        dist,
+        bad_input=bad_input,
+        interrupted="interrupted; no final adapter was written (the next run resumes)",
+    )
 
 
 def _train_llm_logged(job: LlmJob, prepared: Any, device_type: str, dist: Distributed) -> int:

@@ -71,18 +71,24 @@ class ImageItem:
     height: int = 0
     mask_path: Path | None = None  # `<stem>_mask.png` beside the image (masked loss)
 
-    def load(self) -> Image.Image:
-        """The image as RGB: EXIF orientation applied, alpha flattened onto white."""
+    def load_oriented(self) -> Image.Image:
+        """The image as stored (its mode and alpha kept), EXIF orientation applied."""
         from PIL import Image, ImageOps
 
         if self.image is not None:
-            img = self.image
-        elif self.path is not None:
-            with Image.open(self.path) as opened:
-                img = ImageOps.exif_transpose(opened)
-                img.load()
-        else:
+            return self.image
+        if self.path is None:
             raise ValueError("ImageItem has neither a path nor an image")
+        with Image.open(self.path) as opened:
+            img = ImageOps.exif_transpose(opened)
+            img.load()
+        return img
+
+    def load(self) -> Image.Image:
+        """The image as RGB: EXIF orientation applied, alpha flattened onto white."""
+        from PIL import Image
+
+        img = self.load_oriented()
         if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
             rgba = img.convert("RGBA")
             background = Image.new("RGB", rgba.size, (255, 255, 255))

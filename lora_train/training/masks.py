@@ -27,7 +27,7 @@ def load_mask(item: ImageItem) -> Image.Image | None:
     """The item's mask as a greyscale image the size of the (EXIF-oriented) image, or None when it has none.
 
     Raises TrainingError naming the mask file when its size differs from the image's."""
-    from PIL import Image, ImageOps
+    from PIL import Image
 
     if item.mask_path is not None:
         try:
@@ -42,14 +42,9 @@ def load_mask(item: ImageItem) -> Image.Image | None:
                 f"{size[0]}x{size[1]}; save the mask at the image's size (masked_loss)"
             )
         return mask
-    if item.image is not None:
-        image = item.image
-    elif item.path is not None:
-        with Image.open(item.path) as opened:
-            image = ImageOps.exif_transpose(opened)
-            image.load()
-    else:
+    if item.image is None and item.path is None:
         return None
+    image = item.load_oriented()
     if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
         return image.convert("RGBA").getchannel("A")
     return None
