@@ -210,7 +210,14 @@ def test_sd15_checkpoint_clip_without_projection_is_refused(comfy_lib, clip_dir,
     checkpoint = tiny_models_dir / "checkpoints" / TINY_SD15_NAME
     _, clip, *_ = comfy_lib.sd.load_checkpoint_guess_config(str(checkpoint), output_vae=False, output_clipvision=False)
     clip_vision, _ = comfy_towers(comfy_lib, clip_dir, tmp_path, vision_projection=768)
-    with pytest.raises(CaptionError, match=r"SD1\.5 checkpoints leave them out"):
+    with pytest.raises(CaptionError, match=r"SD1\.5 and SDXL checkpoints leave them out"):
+        comfy_clip_encoders(clip_vision, clip)
+    # The never-loaded projection is uninitialised memory: after a long session it can hold a freed tensor's
+    # weight-like values. It is still refused (it was never copied in from the file).
+    projection = clip.cond_stage_model.clip_l.transformer.text_projection.weight
+    weight_like = torch.randn(projection.shape, generator=torch.Generator().manual_seed(0)) * 0.02
+    projection.data = weight_like.to(projection.dtype)
+    with pytest.raises(CaptionError, match="no text projection weights"):
         comfy_clip_encoders(clip_vision, clip)
 
 

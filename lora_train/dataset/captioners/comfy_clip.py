@@ -48,25 +48,36 @@ def text_towers(clip: Any) -> dict[str, tuple[Any, int]]:
     return towers
 
 
-# A loaded CLIP text projection has entries of std ~0.02 (clip_l, clip_g). One that no file filled (SD1.5
-# checkpoints leave it out) holds whatever memory it got: measured here as mostly zeros with std ~6e-7.
+# A loaded CLIP text projection has entries of std ~0.02 (clip_l, clip_g). One that no file filled (SD1.5 and SDXL
+# checkpoints leave it out) holds whatever memory it got: often near zero, but after a long session it can be a freed
+# tensor's values. The sure sign is torch's version counter: ComfyUI loads weights with copy_, which bumps it, so a
+# projection still at version 0 in a tower whose other weights were copied in was never loaded. The value checks
+# cover towers loaded another way (assigned tensors, moved or cast after loading).
 MIN_PROJECTION_STD = 1e-3
 MAX_PROJECTION_ABS = 1e3
 
 
+def _never_loaded(tower: Any) -> bool:
+    """True when the tower's weights were copied in from a file but its text projection was not."""
+    projection = tower.transformer.text_projection.weight
+    others = (p for name, p in tower.transformer.named_parameters() if not name.startswith("text_projection"))
+    return projection._version == 0 and any(p._version > 0 for p in others)
+
+
 def _check_projection(tower: Any, key: str) -> None:
-    """Refuse a projection that was never loaded: non-finite, near-zero or absurdly large entries."""
+    """Refuse a projection that was never loaded: left out of the file, non-finite, near-zero or absurdly large."""
     import torch
 
     weight = tower.transformer.text_projection.weight
-    if weight.device.type != "meta":
+    if weight.device.type != "meta" and not _never_loaded(tower):
         values = weight.detach().float()
         finite = bool(torch.isfinite(values).all())
         if finite and float(values.std()) >= MIN_PROJECTION_STD and float(values.abs().max()) <= MAX_PROJECTION_ABS:
             return
     raise CaptionError(
-        f"the CLIP text encoder clip_{key} has no text projection weights (SD1.5 checkpoints leave them out). "
-        f"Load a full text encoder (e.g. clip_l.safetensors) with a Load CLIP node. Matching pairs: {MATCHING_PAIRS}"
+        f"the CLIP text encoder clip_{key} has no text projection weights (SD1.5 and SDXL checkpoints leave them "
+        f"out). Load a full text encoder (e.g. clip_l.safetensors) with a Load CLIP node. Matching pairs: "
+        f"{MATCHING_PAIRS}"
     )
 
 
