@@ -58,10 +58,16 @@ MAX_PROJECTION_ABS = 1e3
 
 
 def _never_loaded(tower: Any) -> bool:
-    """True when the tower's weights were copied in from a file but its text projection was not."""
+    """True when the tower's weights were copied in from a file but its text projection was not.
+
+    Unknown (False) for inference tensors, which keep no version counter: a CLIP loaded inside ComfyUI's
+    executor is one, and there only the value checks speak.
+    """
     projection = tower.transformer.text_projection.weight
+    if projection.is_inference():
+        return False
     others = (p for name, p in tower.transformer.named_parameters() if not name.startswith("text_projection"))
-    return projection._version == 0 and any(p._version > 0 for p in others)
+    return projection._version == 0 and any(not p.is_inference() and p._version > 0 for p in others)
 
 
 def _check_projection(tower: Any, key: str) -> None:
