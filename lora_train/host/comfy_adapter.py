@@ -27,8 +27,8 @@ import torch
 
 from lora_train.dataset import LoraDataset, fit_to_bucket
 from lora_train.host.compat import HostTooOld, check_host
-from lora_train.host.families import FAMILIES, model_family, predicts_v, size_conditioning
-from lora_train.host.naming import diffusers_names, diffusers_pieces
+from lora_train.host.families import family_support, model_family, predicts_v, size_conditioning
+from lora_train.host.naming import diffusers_names, diffusers_pieces, same_name_pieces
 from lora_train.host.session import ComfySession, fresh_parameters, host_training_flag, protect_inplace_residuals
 from lora_train.training import (
     Example,
@@ -83,12 +83,7 @@ class ComfyHost:
         except HostTooOld as exc:
             raise TrainingError(str(exc)) from None
         self.family = model_family(model)
-        if self.family not in FAMILIES:
-            raise TrainingError(
-                f"ComfyUI detected this model as {self.family}; training LoRAs for it is not supported yet "
-                f"(supported: {', '.join(FAMILIES)}). Nothing was trained."
-            )
-        self.support = FAMILIES[self.family]
+        self.support = family_support(model, self.family)
         if vae is None or clip is None:
             raise TrainingError("Train LoRA needs the checkpoint's CLIP and VAE: connect both from the loader")
         self.model, self.clip, self.vae = model, clip, vae
@@ -241,7 +236,7 @@ class ComfyHost:
                     diffusers_names(base) if self.support.naming == "kohya_diffusers" else {},
                     host=self,
                     text_model=text_model,
-                    diffusers_pieces=diffusers_pieces(base) if self.support.naming == "diffusers" else {},
+                    **self._file_naming(base),
                 )
         finally:
             for hook in norm_hooks:
@@ -253,6 +248,24 @@ class ComfyHost:
                 module.train(was_training)
             if hasattr(mm, "soft_empty_cache"):
                 mm.soft_empty_cache()
+
+    def _file_naming(self, base) -> dict[str, Any]:
+        """ComfySession's file-naming fields for this family (see FamilySupport.naming), logged once per run."""
+        naming = self.support.naming
+        if naming == "comfyui":
+            log.info(
+                "%s has no family entry: the LoRA is written in ComfyUI's own key naming (diffusion_model.<module>."
+                "lora_down/lora_up, as ComfyUI's LoraLoader and built-in trainer read and write it); other tools "
+                "(kohya, diffusers, ai-toolkit) may not read this file",
+                self.family,
+            )
+            return {"comfyui_naming": True}
+        log.info("%s LoRA written in %s key naming", self.family, naming)
+        if naming == "diffusers":
+            return {"diffusers_pieces": diffusers_pieces(base)}
+        if naming == "diffusers_same":
+            return {"diffusers_pieces": same_name_pieces(base.diffusion_model)}
+        return {}
 
     # ---- progress and cancel --------------------------------------------------------------------------------
     def check_cancel(self) -> None:

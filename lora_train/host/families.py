@@ -1,10 +1,13 @@
-"""Per-family knowledge at the edges of the one training loop: which ComfyUI model families train, how their
-LoRA files are named (`FamilySupport.naming`), their preview CFG, whether captions are encoded once, and SDXL's
-size conditioning."""
+"""Per-family knowledge at the edges of the one training loop: how each ComfyUI model family's LoRA files are named
+(`FamilySupport.naming`), their preview CFG, whether captions are encoded once, and SDXL's size conditioning. A
+family without an entry trains through the generic path (`family_support`): adapters on the diffusion model's
+linear layers, the file in ComfyUI's own key naming."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import torch
 
 from lora_train.training import TrainingError
 
@@ -17,7 +20,9 @@ class FamilySupport:
     names); `kohya_ldm` = `lora_unet_` + ComfyUI's own module path (kohya's SDXL keys with LDM block names, and
     kohya's Flux keys with BFL names, `lora_unet_double_blocks_0_img_attn_qkv`); `diffusers` = diffusers' PEFT keys
     (`transformer.transformer_blocks.0.attn.to_q.lora_A.weight`, fused qkv split into q/k/v), for SD3, whose kohya
-    keys diffusers cannot read.
+    keys diffusers cannot read; `diffusers_same` = diffusers' PEFT keys where ComfyUI's module paths are diffusers'
+    own (`transformer.<path>.lora_A.weight`: Qwen-Image); `comfyui` = ComfyUI's own naming, what its built-in trainer
+    writes (`diffusion_model.<path>.lora_down.weight`): the generic path, which other tools may not read.
     """
 
     architecture: str  # modelspec.architecture of the LoRA
@@ -26,6 +31,7 @@ class FamilySupport:
     # T5-XXL families: captions are encoded once, before training, and the text encoders are never trained, so
     # the 4.8 B-parameter encoder is never resident next to the diffusion model.
     encode_once: bool = False
+    generic: bool = False  # no per-family entry: trained through the generic path
 
 
 FAMILIES: dict[str, FamilySupport] = {
@@ -37,8 +43,27 @@ FAMILIES: dict[str, FamilySupport] = {
     "FluxSchnell": FamilySupport("flux-1-schnell/lora", "kohya_ldm", 1.0, encode_once=True),
 }
 
+# The generic path's preview CFG: the middle of what the flow-matching families sample with (Wan 5, Qwen-Image 4,
+# HunyuanVideo 6); previews are a glimpse, `sample_cfg` sets it.
+GENERIC_PREVIEW_CFG = 4.0
 
-# kohya's text-encoder prefixes: te1 is CLIP-L, te2 OpenCLIP-G (SDXL); a single encoder is plain `lora_te_`.
+
+def family_support(model, family: str) -> FamilySupport:
+    """The family's entry, or the generic path for any other model ComfyUI detects and can sample. Refuses, naming
+    the family, a model that cannot train: no noise schedule (`model_sampling`: an inference-only model)."""
+    if family in FAMILIES:
+        return FAMILIES[family]
+    base = model.model
+    if getattr(base, "model_sampling", None) is None or not isinstance(base.diffusion_model, torch.nn.Module):
+        raise TrainingError(
+            f"ComfyUI detected this model as {family}, which has no noise schedule (model_sampling): it is not a "
+            "diffusion model ComfyUI samples, so it cannot be trained as one. Connect a diffusion model's MODEL. "
+            "Nothing was trained."
+        )
+    # Text encoders of such models are unknown (often multi-billion-parameter LLMs): captions are encoded once.
+    return FamilySupport(f"{family}/lora", "comfyui", GENERIC_PREVIEW_CFG, encode_once=True, generic=True)
+
+
 def model_family(model) -> str:
     """ComfyUI's name for the model's family (its model_config class), e.g. SD15, SDXL, Flux."""
     base = getattr(model, "model", None)

@@ -1,6 +1,7 @@
-"""LoRA key naming for the families whose ecosystems read other names than ComfyUI's module paths: kohya's
-diffusers-style block names for SD1/SD2 UNets and diffusers' PEFT keys for SD3, both derived from ComfyUI's own
-key maps (the ones its LoRA loader reads those files with)."""
+"""LoRA key naming for the families whose ecosystems read other names than kohya's `lora_unet_<module path>`:
+kohya's diffusers-style block names for SD1/SD2 UNets, diffusers' PEFT keys for SD3 and Qwen-Image (derived from
+ComfyUI's own key maps, the ones its LoRA loader reads those files with), and ComfyUI's own naming
+(`diffusion_model.<module path>`) for the generic path."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ log = logging.getLogger(__name__)
 
 
 def to_diffusers_peft(
-    tensors: dict[str, torch.Tensor], pieces: dict[str, list[tuple[str, Any, Any]]]
+    tensors: dict[str, torch.Tensor], pieces: dict[str, list[tuple[str, Any, Any]]], prefix: str = "transformer."
 ) -> dict[str, torch.Tensor]:
     """kohya LoRA tensors -> diffusers PEFT keys (`transformer.<module>.lora_A/lora_B.weight`, alpha/rank folded
     into lora_B). A fused weight (SD3's qkv) becomes one LoRA per diffusers module, sharing lora_A, each with its
@@ -29,19 +30,34 @@ def to_diffusers_peft(
         log.warning("LoRA kept in kohya naming: diffusers keys exist only for plain LoRA on mapped modules")
         return tensors
     out: dict[str, torch.Tensor] = {}
-    for prefix in sorted(prefixes):
-        down, up = tensors[f"{prefix}.lora_down.weight"], tensors[f"{prefix}.lora_up.weight"]
-        alpha = tensors.get(f"{prefix}.alpha")
+    for kohya in sorted(prefixes):
+        down, up = tensors[f"{kohya}.lora_down.weight"], tensors[f"{kohya}.lora_up.weight"]
+        alpha = tensors.get(f"{kohya}.alpha")
         scale = float(alpha) / down.shape[0] if alpha is not None else 1.0
-        for name, offset, function in pieces[prefix]:
+        for name, offset, function in pieces[kohya]:
             rows = up * scale
             if offset is not None:
                 dim, start, size = offset
                 rows = rows.narrow(dim, start, size)
             if function is not None:
                 rows = function(rows)
-            out[f"transformer.{name}.lora_A.weight"] = down.contiguous()
-            out[f"transformer.{name}.lora_B.weight"] = rows.contiguous()
+            out[f"{prefix}{name}.lora_A.weight"] = down.contiguous()
+            out[f"{prefix}{name}.lora_B.weight"] = rows.contiguous()
+    return out
+
+
+def same_name_pieces(root: torch.nn.Module) -> dict[str, list[tuple[str, Any, Any]]]:
+    """Every module under its own path: for families whose ComfyUI module paths are diffusers' (Qwen-Image)."""
+    return {path: [(path, None, None)] for path, _ in root.named_modules() if path}
+
+
+def to_comfyui_names(tensors: dict[str, torch.Tensor], paths: dict[str, str]) -> dict[str, torch.Tensor]:
+    """kohya LoRA tensors -> ComfyUI's own naming, `diffusion_model.<module path>.<suffix>` (what its built-in
+    trainer writes and its LoRA loader maps for every model); `paths` is kohya prefix -> module path."""
+    out = {}
+    for key, tensor in tensors.items():
+        kohya, _, suffix = key.partition(".")
+        out[f"diffusion_model.{paths[kohya]}.{suffix}" if kohya in paths else key] = tensor
     return out
 
 

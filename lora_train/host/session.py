@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from lora_train.host.naming import to_diffusers_peft
+from lora_train.host.naming import to_comfyui_names, to_diffusers_peft
 from lora_train.training import TrainConfig
 
 if TYPE_CHECKING:
@@ -102,6 +102,8 @@ class ComfySession:
     text_model: torch.nn.Module | None = None  # the CLIP's cond_stage_model when the text encoder trains
     # naming "diffusers": ComfyUI module path -> the diffusers modules holding its weight's rows
     diffusers_pieces: dict[str, list[tuple[str, Any, Any]]] = field(default_factory=dict)
+    peft_prefix: str = "transformer."  # what diffusers' keys start with in this family's files
+    comfyui_naming: bool = False  # the generic path: ComfyUI's own key naming (`diffusion_model.<path>`)
 
     def kohya_prefix(self, module_path: str) -> str:
         """kohya key prefix; diffusers-style block names (what kohya writes), LDM names where none exists."""
@@ -109,10 +111,13 @@ class ComfySession:
 
     def file_tensors(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The kohya tensors as this family's file stores them (see FamilySupport.naming)."""
+        if self.comfyui_naming:
+            paths = {self.kohya_prefix(path): path for path, _ in self.diffusion_model.named_modules() if path}
+            return to_comfyui_names(tensors, paths)
         if not self.diffusers_pieces:
             return tensors
         by_prefix = {self.kohya_prefix(path): pieces for path, pieces in self.diffusers_pieces.items()}
-        return to_diffusers_peft(tensors, by_prefix)
+        return to_diffusers_peft(tensors, by_prefix, self.peft_prefix)
 
     def fingerprint(self) -> str:
         """Identifies the base model (family + a sample of its current weights) for resume checks."""
@@ -165,7 +170,9 @@ class ComfySession:
 
         assert self.host is not None
         positives, negative = self.host.preview_conditioning(fresh=self.text_model is not None)
-        size = cfg.resolution // 8
+        vae = self.host.vae
+        ratio = vae.spacial_compression_decode() if hasattr(vae, "spacial_compression_decode") else 8
+        size = cfg.resolution // ratio
         latent = comfy.sample.fix_empty_latent_channels(self.model, torch.zeros([1, 4, size, size]))
         scale = cfg.sample_cfg or self.host.support.preview_cfg
         was_training = self.diffusion_model.training
@@ -181,7 +188,8 @@ class ComfySession:
                         self.model, noise, cfg.sample_steps, scale, PREVIEW_SAMPLER, PREVIEW_SCHEDULER,
                         positive, negative, latent, disable_pbar=True, seed=cfg.sample_seed,
                     )  # fmt: skip
-                    images.append(_to_pil(self.host.vae.decode(samples)[0]))
+                    decoded = vae.decode(samples)  # video VAEs: [batch, frames, H, W, C]; the first frame shows
+                    images.append(_to_pil(decoded.reshape(-1, *decoded.shape[-3:])[0]))
         finally:
             self.diffusion_model.train(was_training)
             # The sampler may have (re)loaded the model, which brings ComfyUI's inference-mode weights back.

@@ -21,9 +21,23 @@ ATTENTION_CONTAINERS = (
 CONV_CONTAINERS = ("ResBlock", "Downsample", "Upsample", "VideoResBlock")
 
 
+def repeated_blocks(root: torch.nn.Module) -> list[str]:
+    """Paths of the blocks a transformer repeats (children of its ModuleLists: `blocks.0`, `layers.3`, ...), where
+    the attention and MLP layers of any DiT live (its embedders and final layer stay out)."""
+    return [
+        f"{path}.{name}" if path else name
+        for path, module in root.named_modules()
+        if isinstance(module, torch.nn.ModuleList)
+        for name, _ in module.named_children()
+    ]
+
+
 def target_filter(cfg: TrainConfig, root: torch.nn.Module) -> Callable[[str, torch.nn.Module], bool]:
-    """Which layers of `root` get adapters, as `include(path, module)` for `networks.find_targets`."""
+    """Which layers of `root` get adapters, as `include(path, module)` for `networks.find_targets`. "attention" is
+    every linear layer of the family's transformer blocks; in a model with none of the known block types (the
+    generic path), of its repeated blocks."""
     attention = [n for n, m in root.named_modules() if type(m).__name__ in ATTENTION_CONTAINERS]
+    attention = attention or repeated_blocks(root)
     conv = [n for n, m in root.named_modules() if type(m).__name__ in CONV_CONTAINERS]
     with_convs = cfg.targets == "attention_and_conv" or cfg.network == "locon"
 

@@ -117,11 +117,12 @@ def family_models(comfy_lib) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_family(comfy, family_models):
-    """Factory: family name -> its TinyModel, written if missing and linked into the shared server's models."""
-    from lora_train.dev.tiny_models import write_tiny
+    """Factory: family name (tiny_models' or tiny_families') -> its TinyModel, written if missing and linked into
+    the shared server's models."""
+    from lora_train.dev.tiny_families import write_tiny_any
 
     def get(family: str):
-        tiny = write_tiny(family, family_models)
+        tiny = write_tiny_any(family, family_models)
         for folder, path in tiny.paths(family_models).items():
             target = comfy.models_dir / folder / path.name
             target.parent.mkdir(parents=True, exist_ok=True)

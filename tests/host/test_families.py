@@ -170,17 +170,20 @@ def test_sdxl_text_encoder_training_is_opt_in_and_names_te1_clip_l_te2_clip_g(
     assert not any(k.startswith("lora_te") for k in off.lora_tensors), "text encoders train only when asked"
 
 
-def test_an_unsupported_family_is_refused_naming_what_comfyui_detected(tiny_checkpoint):
+def test_a_model_without_a_noise_schedule_is_refused_naming_what_comfyui_detected(tiny_checkpoint):
     model, clip, vae = tiny_checkpoint
-    # A shallow copy of the real loaded model whose model_config is of a family the trainer does not support.
+    # A shallow copy of the real loaded model, of a family with no entry and no model_sampling (inference-only).
     base = type(model.model).__new__(type(model.model))
     base.__dict__.update(model.model.__dict__)
+    base._modules = dict(model.model._modules)
+    base.model_sampling = None
     config = model.model.model_config
-    base.model_config = type("HunyuanVideo", (type(config),), {})(config.unet_config)
+    base.model_config = type("DepthAnything3", (type(config),), {})(config.unet_config)
     unsupported = model.clone()
     unsupported.model = base
-    with pytest.raises(TrainingError, match=r"detected this model as HunyuanVideo; training LoRAs for it is not"):
+    with pytest.raises(TrainingError, match=r"detected this model as DepthAnything3, which has no noise schedule"):
         ComfyHost(unsupported, clip, vae)
+    assert model.model.model_sampling is not None, "the shared model was changed"
 
 
 def test_fp8_base_weights_as_comfyui_loads_them_train_with_bf16_autocast(

@@ -1,0 +1,155 @@
+"""Tiny seeded models of the 2026 families (Wan, Qwen-Image, ...) that ComfyUI detects, for tests and benches.
+
+Same rules as `tiny_models` (ComfyUI's own classes, fixed seeds, written once into the cache, never committed);
+the smallest sizes detection accepts are in HOST.md ("Tiny 2026 families"). Text encoders: these families' real
+encoders are multi-billion-parameter LLMs that ComfyUI always builds full size, so every tiny model here reads its
+text width from the file and is fed the tiny CLIP-L (`CLIPLoader` type `stable_diffusion`, 768 wide, or `sd3`,
+CLIP-L padded to 4096, where the width is fixed at 4096).
+
+    python -m lora_train.dev.tiny_families /path/to/models [family ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import inspect
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from lora_train.dev.tiny_models import (
+    CLIP_L_NAME,
+    SEED,
+    TinyModel,
+    _generator,
+    _init_,
+    _write_safetensors,
+    write_tiny,
+)
+
+log = logging.getLogger(__name__)
+
+WAN21_VAE_NAME = "tiny_wan21_vae.safetensors"
+WAN22_VAE_NAME = "tiny_taew22_vae.safetensors"
+
+# Wan: heads = dim / 128 and the text width is fixed at 4096 (UMT5-XXL): one 128-wide block.
+TINY_WAN = {"dim": 128, "ffn_dim": 256, "num_layers": 1, "text_dim": 4096, "freq_dim": 256}
+
+NEW_FAMILIES = ("wan21_t2v", "wan22_5b")
+
+_MODELS = {
+    # Wan 2.1 T2V (1.3B/14B class): 16 latent channels, the Wan 2.1 VAE (its width is read from the file).
+    "wan21_t2v": TinyModel(
+        "wan21_t2v",
+        "WAN21_T2V",
+        {"diffusion_models": "tiny_wan21_t2v.safetensors", "text_encoders": CLIP_L_NAME, "vae": WAN21_VAE_NAME},
+        "sd3",
+    ),
+    # Wan 2.2 TI2V 5B: 48 latent channels at 16x; its real VAE's width is fixed (1.4 GB), so the tiny one is a
+    # TAEHV (taew2_2 layout), which ComfyUI 0.33 encodes with (0.3.75's TAEHV only decodes).
+    "wan22_5b": TinyModel(
+        "wan22_5b",
+        "WAN22_T2V",
+        {"diffusion_models": "tiny_wan22_5b.safetensors", "text_encoders": CLIP_L_NAME, "vae": WAN22_VAE_NAME},
+        "sd3",
+    ),
+}
+
+
+def _accepted(function: Callable, values: dict) -> dict:
+    """The subset of `values` that `function` takes (constructors gained arguments between hosts)."""
+    params = inspect.signature(function).parameters
+    return {k: v for k, v in values.items() if k in params}
+
+
+def _wan_unet(channels: int, part: str) -> dict[str, torch.Tensor]:
+    import comfy.ops
+    from comfy.ldm.wan.model import WanModel
+
+    config = {**TINY_WAN, "model_type": "t2v", "in_dim": channels, "out_dim": channels, "num_heads": 1}
+    model = WanModel(**config, dtype=torch.float32, operations=comfy.ops.disable_weight_init)
+    _init_(model, _generator(part))
+    with torch.no_grad():  # adaLN modulation and its head are plain Parameters: small, so blocks start near identity
+        for name, param in model.named_parameters():
+            if name.endswith("modulation"):
+                param.copy_(torch.randn(param.shape, generator=_generator(part + name)) * 0.02)
+    return {k: v.contiguous() for k, v in model.state_dict().items()}
+
+
+def _wan21_vae() -> dict[str, torch.Tensor]:
+    """A Wan 2.1 VAE 8 channels wide (ComfyUI reads the width from `decoder.head.0.gamma`)."""
+    from comfy.ldm.wan.vae import WanVAE
+
+    config = {"dim": 8, "z_dim": 16, "dim_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_scales": [],
+              "temperal_downsample": [False, True, True], "dropout": 0.0}  # fmt: skip
+    vae = WanVAE(**_accepted(WanVAE.__init__, config))
+    _init_(vae, _generator("wan21_vae"))
+    return {k: v.float().contiguous() for k, v in vae.state_dict().items()}
+
+
+def _taew22() -> dict[str, torch.Tensor]:
+    """TAEHV with 48 latent channels (fp32: fp16 would make ComfyUI take it for HunyuanVideo's)."""
+    from comfy.taesd.taehv import TAEHV
+
+    vae = TAEHV(latent_channels=48)
+    _init_(vae, _generator("taew22"))
+    return {k: v.float().contiguous() for k, v in vae.state_dict().items()}
+
+
+_PARTS: dict[tuple[str, str], Callable[[], dict[str, torch.Tensor]]] = {
+    ("diffusion_models", "tiny_wan21_t2v.safetensors"): lambda: _wan_unet(16, "wan21_t2v"),
+    ("diffusion_models", "tiny_wan22_5b.safetensors"): lambda: _wan_unet(48, "wan22_5b"),
+    ("vae", WAN21_VAE_NAME): _wan21_vae,
+    ("vae", WAN22_VAE_NAME): _taew22,
+}
+
+
+def tiny_any(family: str) -> TinyModel:
+    """The descriptor of a 2026 family here, or of a `tiny_models` family."""
+    from lora_train.dev.tiny_models import tiny_model
+
+    return _MODELS[family] if family in _MODELS else tiny_model(family)
+
+
+def write_tiny_any(family: str, models_dir: str | Path) -> TinyModel:
+    """Write the missing files of `family` (a 2026 family here, else a `tiny_models` one); return its descriptor."""
+    if family not in _MODELS:
+        return write_tiny(family, models_dir)
+    model = _MODELS[family]
+    for folder, path in model.paths(models_dir).items():
+        if path.is_file():
+            continue
+        if (folder, path.name) not in _PARTS:  # shared parts (the tiny CLIP-L) come from tiny_models
+            write_tiny("flux_dev" if folder == "text_encoders" else family, models_dir)
+            continue
+        state = _PARTS[(folder, path.name)]()
+        _write_safetensors(path, state, {"generator": "lora_train.dev.tiny_families", "seed": str(SEED)})
+        del state
+        gc.collect()
+        log.info("wrote %s (%.1f MB)", path, path.stat().st_size / 1e6)
+    return model
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: write tiny models of the given 2026 families (default all) under a models folder."""
+    parser = argparse.ArgumentParser(prog="python -m lora_train.dev.tiny_families", description=main.__doc__)
+    parser.add_argument("models_dir", type=Path)
+    parser.add_argument("families", nargs="*", metavar="family", help=f"any of {', '.join(NEW_FAMILIES)}")
+    parser.add_argument("--comfyui", help="ComfyUI folder (default: $COMFYUI_PATH or the one this extension is in)")
+    args = parser.parse_args(argv)
+    from lora_train.host.bootstrap import import_comfy
+
+    import_comfy(args.comfyui, cpu=True)
+    for family in args.families or NEW_FAMILIES:
+        model = write_tiny_any(family, args.models_dir)
+        for path in model.paths(args.models_dir).values():
+            print(f"{family}\t{path}\t{path.stat().st_size / 1e6:.1f} MB")
+    return 0
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    raise SystemExit(main())

@@ -1,0 +1,55 @@
+"""The 2026 families and the generic path: tiny seeded models ComfyUI detects train through the same Train LoRA
+node; the file is in the naming the family's ecosystem reads (ComfyUI's own for the generic path), LoraLoader
+loads every key and gives the trained MODEL's output, and KSampler's output changes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from safetensors import safe_open
+
+from lora_train.dev.workflows import lora_loader_sample, train_and_sample
+from tests.host.test_families import _image
+
+pytestmark = pytest.mark.host
+
+GENERIC_LOG = "has no family entry: the LoRA is written in ComfyUI's own key naming"
+
+# family -> (modelspec.architecture, a predicate every key must satisfy, the log line naming the naming)
+CASES = {
+    # Wan 2.1 has no family entry (yet): the generic path.
+    "wan21_t2v": ("WAN21_T2V/lora", lambda k: k.startswith("diffusion_model.blocks."), GENERIC_LOG),
+}
+
+
+def _train_and_reload(comfy, tiny_family, dataset_dir, family: str, **overrides):
+    """Train in the node graph, then LoraLoader on the file: (train result, loader result, file keys, metadata,
+    the server log of both)."""
+    tiny = tiny_family(family)
+    name = f"family_{family}"
+    loaders = tiny.loader_nodes(f"{family}_")
+    log_start = len(comfy.log_text())
+    settings = {"steps": 4, "batch_size": 1, "rank": 4, "sample_every": 4, "sample_steps": 2} | overrides
+    result = comfy.run_workflow(train_and_sample(str(dataset_dir), loaders, output_name=name, **settings))
+    with safe_open(str(comfy.models_dir / "loras" / f"{name}.safetensors"), "pt") as handle:
+        keys, metadata = list(handle.keys()), handle.metadata()
+    loaded = comfy.run_workflow(lora_loader_sample(f"{name}.safetensors", loaders=loaders))
+    return result, loaded, keys, metadata, comfy.log_text()[log_start:]
+
+
+@pytest.mark.parametrize("family", list(CASES))
+def test_2026_family_trains_in_the_node_and_loads_with_every_key(comfy, tiny_family, style_dataset_dir, family):
+    architecture, key_ok, naming_log = CASES[family]
+    result, loaded, keys, metadata, log = _train_and_reload(comfy, tiny_family, style_dataset_dir, family)
+    assert [event["step"] for event in result.events_of("lora_train.train_sample")] == [4], "no preview"
+    before, after = _image(comfy, result, "before_save"), _image(comfy, result, "after_save")
+    assert np.abs(after - before).mean() > 0.5, f"the {family} LoRA did not change KSampler's output"
+    assert keys and all(key_ok(k) for k in keys), [k for k in keys if not key_ok(k)][:5]
+    assert metadata["modelspec.architecture"] == architecture
+    assert json.loads(metadata["lora_train.config"])["output_name"] == f"family_{family}"
+    assert naming_log in log
+    assert "lora key not loaded" not in log, log[-3000:]
+    difference = np.abs(_image(comfy, loaded, "loader_save") - after).max()
+    assert difference <= 2.0, f"LoraLoader at strength 1 differs from Train LoRA's MODEL by {difference}"
