@@ -23,6 +23,8 @@ import torch
 from lora_train.dev.tiny_models import (
     CLIP_L_NAME,
     SEED,
+    TAESD16_NAME,
+    TINY_SD3_MMDIT,
     TinyModel,
     _generator,
     _init_,
@@ -38,9 +40,19 @@ WAN22_VAE_NAME = "tiny_taew22_vae.safetensors"
 # Wan: heads = dim / 128 and the text width is fixed at 4096 (UMT5-XXL): one 128-wide block.
 TINY_WAN = {"dim": 128, "ffn_dim": 256, "num_layers": 1, "text_dim": 4096, "freq_dim": 256}
 
-NEW_FAMILIES = ("wan21_t2v", "wan22_5b")
+NEW_FAMILIES = ("sd35_large", "sd35_medium", "wan21_t2v", "wan22_5b")
+
+_SD3_SPLIT = {"text_encoders": CLIP_L_NAME, "vae": TAESD16_NAME}
 
 _MODELS = {
+    # SD3.5: ComfyUI detects both as SD3; Large by its RMS q/k norms, Medium also by its second self-attention
+    # (MMDiT-X) in the first blocks. Fed like the tiny SD3 (CLIP-L through CLIPLoader type `sd3`).
+    "sd35_large": TinyModel(
+        "sd35_large", "SD3", {"diffusion_models": "tiny_sd35_large.safetensors", **_SD3_SPLIT}, "sd3"
+    ),
+    "sd35_medium": TinyModel(
+        "sd35_medium", "SD3", {"diffusion_models": "tiny_sd35_medium.safetensors", **_SD3_SPLIT}, "sd3"
+    ),
     # Wan 2.1 T2V (1.3B/14B class): 16 latent channels, the Wan 2.1 VAE (its width is read from the file).
     "wan21_t2v": TinyModel(
         "wan21_t2v",
@@ -63,6 +75,21 @@ def _accepted(function: Callable, values: dict) -> dict:
     """The subset of `values` that `function` takes (constructors gained arguments between hosts)."""
     params = inspect.signature(function).parameters
     return {k: v for k, v in values.items() if k in params}
+
+
+def _sd35_unet(medium: bool) -> dict[str, torch.Tensor]:
+    """SD3.5 MMDiT (fp16): RMS q/k norms; Medium adds the x-block self-attention in its first block."""
+    import comfy.ops
+    from comfy.ldm.modules.diffusionmodules.mmdit import OpenAISignatureMMDITWrapper, get_2d_sincos_pos_embed_torch
+
+    config = {**TINY_SD3_MMDIT, "qk_norm": "rms", "x_block_self_attn_layers": [0] if medium else []}
+    model = OpenAISignatureMMDITWrapper(**config, dtype=torch.float16, operations=comfy.ops.disable_weight_init)
+    part = "sd35_medium" if medium else "sd35_large"
+    _init_(model, _generator(part))
+    size = config["pos_embed_max_size"]
+    with torch.no_grad():
+        model.pos_embed.copy_(get_2d_sincos_pos_embed_torch(model.hidden_size, size, size).reshape(1, size * size, -1))
+    return dict(model.state_dict())
 
 
 def _wan_unet(channels: int, part: str) -> dict[str, torch.Tensor]:
@@ -100,6 +127,8 @@ def _taew22() -> dict[str, torch.Tensor]:
 
 
 _PARTS: dict[tuple[str, str], Callable[[], dict[str, torch.Tensor]]] = {
+    ("diffusion_models", "tiny_sd35_large.safetensors"): lambda: _sd35_unet(medium=False),
+    ("diffusion_models", "tiny_sd35_medium.safetensors"): lambda: _sd35_unet(medium=True),
     ("diffusion_models", "tiny_wan21_t2v.safetensors"): lambda: _wan_unet(16, "wan21_t2v"),
     ("diffusion_models", "tiny_wan22_5b.safetensors"): lambda: _wan_unet(48, "wan22_5b"),
     ("vae", WAN21_VAE_NAME): _wan21_vae,
@@ -122,8 +151,8 @@ def write_tiny_any(family: str, models_dir: str | Path) -> TinyModel:
     for folder, path in model.paths(models_dir).items():
         if path.is_file():
             continue
-        if (folder, path.name) not in _PARTS:  # shared parts (the tiny CLIP-L) come from tiny_models
-            write_tiny("flux_dev" if folder == "text_encoders" else family, models_dir)
+        if (folder, path.name) not in _PARTS:  # shared parts (tiny CLIP-L, TAESD) come from tiny_models' SD3
+            write_tiny("sd3", models_dir)
             continue
         state = _PARTS[(folder, path.name)]()
         _write_safetensors(path, state, {"generator": "lora_train.dev.tiny_families", "seed": str(SEED)})

@@ -27,7 +27,7 @@ import torch
 
 from lora_train.dataset import LoraDataset, fit_to_bucket
 from lora_train.host.compat import HostTooOld, check_host
-from lora_train.host.families import family_support, model_family, predicts_v, size_conditioning
+from lora_train.host.families import architecture, family_support, model_family, size_conditioning
 from lora_train.host.naming import diffusers_names, diffusers_pieces, same_name_pieces
 from lora_train.host.session import ComfySession, fresh_parameters, host_training_flag, protect_inplace_residuals
 from lora_train.training import (
@@ -89,9 +89,7 @@ class ComfyHost:
         self.model, self.clip, self.vae = model, clip, vae
         self.node_id = node_id
         self.send_event = send_event
-        self.architecture = self.support.architecture
-        if self.family == "SD20" and not predicts_v(model):
-            self.architecture = "stable-diffusion-v2-512/lora"
+        self.architecture = architecture(model, self.family, self.support)
         self.base_model_name = self.family
         self.guidance = 1.0
         self._progress_bar = None

@@ -88,6 +88,20 @@ def size_conditioning(original: tuple[int, int], bucket: tuple[int, int]) -> dic
     }
 
 
+def architecture(model, family: str, support: FamilySupport) -> str:
+    """modelspec.architecture of a LoRA for this model: the family's, told apart where one ComfyUI family holds
+    several releases (SD2 512/768-v by its prediction; SD3 / SD3.5 Large / SD3.5 Medium by its blocks)."""
+    if family == "SD20" and not predicts_v(model):
+        return "stable-diffusion-v2-512/lora"
+    if family == "SD3":
+        unet = model.model.model_config.unet_config
+        if unet.get("x_block_self_attn_layers"):  # MMDiT-X
+            return "stable-diffusion-3.5-medium/lora"
+        if unet.get("qk_norm"):
+            return "stable-diffusion-3.5-large/lora"
+    return support.architecture
+
+
 def predicts_v(model) -> bool:
     import comfy.model_sampling
 

@@ -17,8 +17,15 @@ pytestmark = pytest.mark.host
 
 GENERIC_LOG = "has no family entry: the LoRA is written in ComfyUI's own key naming"
 
+
+def _diffusers_peft(key: str) -> bool:
+    return key.startswith("transformer.transformer_blocks.") and key.endswith((".lora_A.weight", ".lora_B.weight"))
+
+
 # family -> (modelspec.architecture, a predicate every key must satisfy, the log line naming the naming)
 CASES = {
+    "sd35_large": ("stable-diffusion-3.5-large/lora", _diffusers_peft, "SD3 LoRA written in diffusers key naming"),
+    "sd35_medium": ("stable-diffusion-3.5-medium/lora", _diffusers_peft, "SD3 LoRA written in diffusers key naming"),
     # Wan 2.1 has no family entry (yet): the generic path.
     "wan21_t2v": ("WAN21_T2V/lora", lambda k: k.startswith("diffusion_model.blocks."), GENERIC_LOG),
 }
