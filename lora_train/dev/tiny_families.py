@@ -40,11 +40,41 @@ WAN22_VAE_NAME = "tiny_taew22_vae.safetensors"
 # Wan: heads = dim / 128 and the text width is fixed at 4096 (UMT5-XXL): one 128-wide block.
 TINY_WAN = {"dim": 128, "ffn_dim": 256, "num_layers": 1, "text_dim": 4096, "freq_dim": 256}
 
-NEW_FAMILIES = ("sd35_large", "sd35_medium", "wan21_t2v", "wan22_5b")
+NEW_FAMILIES = ("sd35_large", "sd35_medium", "chroma", "flux2", "wan21_t2v", "wan22_5b")
+FLUX2_VAE_NAME = "tiny_flux2_vae.safetensors"
+
+# Chroma: Flux's blocks at the fixed width 3072 (its distilled guidance layer's output), one double block; the
+# text width is read from txt_in, so CLIP-L (768) feeds it. ~500 M parameters, stored bf16.
+TINY_CHROMA = {
+    "in_channels": 64, "out_channels": 64, "context_in_dim": 768, "hidden_size": 3072, "mlp_ratio": 4.0,
+    "num_heads": 24, "depth": 1, "depth_single_blocks": 0, "axes_dim": [16, 56, 56], "theta": 10000,
+    "patch_size": 2, "qkv_bias": True, "in_dim": 64, "out_dim": 3072, "hidden_dim": 5120, "n_layers": 5,
+    "txt_ids_dims": [], "vec_in_dim": None,
+}  # fmt: skip
+# Flux 2: ComfyUI 0.33 reads the width from img_in and derives heads = width / 128: one 128-wide head, one double
+# and one single block (~1 M parameters). 0.3.75 pins 48 heads (a 2.2 B model): Flux 2 is tested on 0.33 only.
+TINY_FLUX2 = {
+    "in_channels": 128, "out_channels": 128, "vec_in_dim": None, "context_in_dim": 768, "hidden_size": 128,
+    "mlp_ratio": 3.0, "num_heads": 1, "depth": 1, "depth_single_blocks": 1, "axes_dim": [32, 32, 32, 32],
+    "theta": 2000, "patch_size": 1, "qkv_bias": False, "guidance_embed": True, "txt_ids_dims": [3],
+    "global_modulation": True, "mlp_silu_act": True, "ops_bias": False, "default_ref_method": "index",
+    "ref_index_scale": 10.0,
+}  # fmt: skip
 
 _SD3_SPLIT = {"text_encoders": CLIP_L_NAME, "vae": TAESD16_NAME}
 
+_FLUX_SPLIT = {"text_encoders": CLIP_L_NAME, "vae": TAESD16_NAME}
 _MODELS = {
+    "chroma": TinyModel(
+        "chroma", "Chroma", {"diffusion_models": "tiny_chroma.safetensors", **_FLUX_SPLIT}, "stable_diffusion"
+    ),
+    # Flux 2's VAE: the encoder's width is fixed (84 M parameters), the decoder's is read from the file (narrow).
+    "flux2": TinyModel(
+        "flux2",
+        "Flux2",
+        {"diffusion_models": "tiny_flux2.safetensors", "text_encoders": CLIP_L_NAME, "vae": FLUX2_VAE_NAME},
+        "stable_diffusion",
+    ),
     # SD3.5: ComfyUI detects both as SD3; Large by its RMS q/k norms, Medium also by its second self-attention
     # (MMDiT-X) in the first blocks. Fed like the tiny SD3 (CLIP-L through CLIPLoader type `sd3`).
     "sd35_large": TinyModel(
@@ -92,6 +122,47 @@ def _sd35_unet(medium: bool) -> dict[str, torch.Tensor]:
     return dict(model.state_dict())
 
 
+def _dataclass_fields(params_class: type, values: dict) -> dict:
+    """The subset of `values` that the dataclass `params_class` declares (fields differ between hosts)."""
+    import dataclasses
+
+    declared = {field.name for field in dataclasses.fields(params_class)}
+    return {name: value for name, value in values.items() if name in declared}
+
+
+def _chroma_unet() -> dict[str, torch.Tensor]:
+    import comfy.ops
+    from comfy.ldm.chroma.model import Chroma, ChromaParams
+
+    config = _dataclass_fields(ChromaParams, TINY_CHROMA)
+    model = Chroma(**config, dtype=torch.bfloat16, operations=comfy.ops.disable_weight_init)
+    _init_(model, _generator("chroma"))
+    return dict(model.state_dict())
+
+
+def _flux2_unet() -> dict[str, torch.Tensor]:
+    import comfy.ops
+    from comfy.ldm.flux.model import Flux, FluxParams
+
+    model = Flux(
+        **_dataclass_fields(FluxParams, TINY_FLUX2), dtype=torch.float32, operations=comfy.ops.disable_weight_init
+    )
+    _init_(model, _generator("flux2"))
+    return {k: v.contiguous() for k, v in model.state_dict().items()}
+
+
+def _flux2_vae() -> dict[str, torch.Tensor]:
+    """Flux 2's VAE layout: a KL autoencoder with 32 latent channels and a batch norm over 2x2-packed latents."""
+    from comfy.ldm.models.autoencoder import AutoencoderKL
+
+    ddconfig = {"double_z": True, "z_channels": 32, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 128,
+                "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0,
+                "batch_norm_latent": True}  # fmt: skip
+    vae = AutoencoderKL(ddconfig=ddconfig, embed_dim=32, decoder_ddconfig={**ddconfig, "ch": 32})
+    _init_(vae, _generator("flux2_vae"))
+    return {k: v.float().contiguous() if v.is_floating_point() else v for k, v in vae.state_dict().items()}
+
+
 def _wan_unet(channels: int, part: str) -> dict[str, torch.Tensor]:
     import comfy.ops
     from comfy.ldm.wan.model import WanModel
@@ -127,6 +198,9 @@ def _taew22() -> dict[str, torch.Tensor]:
 
 
 _PARTS: dict[tuple[str, str], Callable[[], dict[str, torch.Tensor]]] = {
+    ("diffusion_models", "tiny_chroma.safetensors"): _chroma_unet,
+    ("diffusion_models", "tiny_flux2.safetensors"): _flux2_unet,
+    ("vae", FLUX2_VAE_NAME): _flux2_vae,
     ("diffusion_models", "tiny_sd35_large.safetensors"): lambda: _sd35_unet(medium=False),
     ("diffusion_models", "tiny_sd35_medium.safetensors"): lambda: _sd35_unet(medium=True),
     ("diffusion_models", "tiny_wan21_t2v.safetensors"): lambda: _wan_unet(16, "wan21_t2v"),

@@ -41,6 +41,11 @@ FAMILIES: dict[str, FamilySupport] = {
     "SD3": FamilySupport("stable-diffusion-3/lora", "diffusers", 5.0, encode_once=True),
     "Flux": FamilySupport("flux-1-dev/lora", "kohya_ldm", 1.0, encode_once=True),
     "FluxSchnell": FamilySupport("flux-1-schnell/lora", "kohya_ldm", 1.0, encode_once=True),
+    # Chroma is Flux.1 schnell's blocks without the pooled vector: kohya's Flux keys (sd-scripts trains Chroma into
+    # the same BFL-named `lora_unet_double_blocks_...` layout, and Flux LoRA loaders read it). T5-XXL: encode once.
+    "Chroma": FamilySupport("chroma/lora", "kohya_ldm", 4.0, encode_once=True),
+    # Flux 2 keeps Flux's BFL module names: kohya's layout, as musubi-tuner writes it. Mistral 24B: encode once.
+    "Flux2": FamilySupport("flux-2-dev/lora", "kohya_ldm", 1.0, encode_once=True),
 }
 
 # The generic path's preview CFG: the middle of what the flow-matching families sample with (Wan 5, Qwen-Image 4,
