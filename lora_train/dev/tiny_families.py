@@ -15,6 +15,7 @@ import argparse
 import gc
 import inspect
 import logging
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -40,7 +41,10 @@ WAN22_VAE_NAME = "tiny_taew22_vae.safetensors"
 # Wan: heads = dim / 128 and the text width is fixed at 4096 (UMT5-XXL): one 128-wide block.
 TINY_WAN = {"dim": 128, "ffn_dim": 256, "num_layers": 1, "text_dim": 4096, "freq_dim": 256}
 
-NEW_FAMILIES = ("sd35_large", "sd35_medium", "chroma", "flux2", "wan21_t2v", "wan22_5b")
+NEW_FAMILIES = ("sd35_large", "sd35_medium", "chroma", "flux2", "qwen_image", "wan21_t2v", "wan22_5b")
+# Qwen-Image: width 3072 (24 heads of 128) and text width 3584 (Qwen2.5-VL 7B) are fixed: one block, ~380 M
+# parameters; its text conditioning is precomputed (no CLIP loader yields 3584-wide text), see `QWEN_TEXT_WIDTH`.
+QWEN_TEXT_WIDTH = 3584
 FLUX2_VAE_NAME = "tiny_flux2_vae.safetensors"
 
 # Chroma: Flux's blocks at the fixed width 3072 (its distilled guidance layer's output), one double block; the
@@ -65,6 +69,10 @@ _SD3_SPLIT = {"text_encoders": CLIP_L_NAME, "vae": TAESD16_NAME}
 
 _FLUX_SPLIT = {"text_encoders": CLIP_L_NAME, "vae": TAESD16_NAME}
 _MODELS = {
+    # Qwen-Image takes the Wan 2.1 VAE; no text-encoder file (conditioning is precomputed).
+    "qwen_image": TinyModel(
+        "qwen_image", "QwenImage", {"diffusion_models": "tiny_qwen_image.safetensors", "vae": WAN21_VAE_NAME}
+    ),
     "chroma": TinyModel(
         "chroma", "Chroma", {"diffusion_models": "tiny_chroma.safetensors", **_FLUX_SPLIT}, "stable_diffusion"
     ),
@@ -163,6 +171,15 @@ def _flux2_vae() -> dict[str, torch.Tensor]:
     return {k: v.float().contiguous() if v.is_floating_point() else v for k, v in vae.state_dict().items()}
 
 
+def _qwen_image_unet() -> dict[str, torch.Tensor]:
+    import comfy.ops
+    from comfy.ldm.qwen_image.model import QwenImageTransformer2DModel
+
+    model = QwenImageTransformer2DModel(num_layers=1, dtype=torch.bfloat16, operations=comfy.ops.disable_weight_init)
+    _init_(model, _generator("qwen_image"))
+    return dict(model.state_dict())
+
+
 def _wan_unet(channels: int, part: str) -> dict[str, torch.Tensor]:
     import comfy.ops
     from comfy.ldm.wan.model import WanModel
@@ -199,6 +216,7 @@ def _taew22() -> dict[str, torch.Tensor]:
 
 _PARTS: dict[tuple[str, str], Callable[[], dict[str, torch.Tensor]]] = {
     ("diffusion_models", "tiny_chroma.safetensors"): _chroma_unet,
+    ("diffusion_models", "tiny_qwen_image.safetensors"): _qwen_image_unet,
     ("diffusion_models", "tiny_flux2.safetensors"): _flux2_unet,
     ("vae", FLUX2_VAE_NAME): _flux2_vae,
     ("diffusion_models", "tiny_sd35_large.safetensors"): lambda: _sd35_unet(medium=False),
@@ -208,6 +226,47 @@ _PARTS: dict[tuple[str, str], Callable[[], dict[str, torch.Tensor]]] = {
     ("vae", WAN21_VAE_NAME): _wan21_vae,
     ("vae", WAN22_VAE_NAME): _taew22,
 }
+
+
+class PrecomputedText:
+    """Stands in for a CLIP whose encoder ComfyUI always builds full size (Qwen2.5-VL 7B): each caption's
+    conditioning is a fixed, seeded tensor of the family's text width, as if encoded once ahead of time. It has the
+    CLIP methods Train LoRA and the samplers call (tokenize, encode_from_tokens, encode_from_tokens_scheduled)."""
+
+    patcher = None
+    cond_stage_model = None
+
+    def __init__(self, width: int, tokens: int = 8):
+        self.width, self.tokens = width, tokens
+
+    def tokenize(self, text: str) -> str:
+        return text
+
+    def _cond(self, text: str) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(SEED ^ zlib.crc32(text.encode()))
+        return torch.randn((1, self.tokens, self.width), generator=generator)
+
+    def encode_from_tokens(self, tokens: str, return_pooled: bool = False, return_dict: bool = False):
+        cond = self._cond(tokens)
+        if return_dict:
+            return {"cond": cond, "pooled_output": None}
+        return (cond, None) if return_pooled else cond
+
+    def encode_from_tokens_scheduled(self, tokens: str) -> list:
+        return [[self._cond(tokens), {"pooled_output": None}]]
+
+
+def load_with_precomputed_text(tiny: TinyModel, models_dir: str | Path, width: int) -> tuple:
+    """(MODEL, PrecomputedText, VAE) of a tiny model without a text-encoder file, loaded as the UNET and VAE
+    loaders load them (under inference mode)."""
+    import comfy.sd
+    import comfy.utils
+
+    paths = tiny.paths(models_dir)
+    with torch.inference_mode():
+        model = comfy.sd.load_diffusion_model(str(paths["diffusion_models"]))
+        vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(paths["vae"])))
+    return model, PrecomputedText(width), vae
 
 
 def tiny_any(family: str) -> TinyModel:

@@ -46,6 +46,10 @@ FAMILIES: dict[str, FamilySupport] = {
     "Chroma": FamilySupport("chroma/lora", "kohya_ldm", 4.0, encode_once=True),
     # Flux 2 keeps Flux's BFL module names: kohya's layout, as musubi-tuner writes it. Mistral 24B: encode once.
     "Flux2": FamilySupport("flux-2-dev/lora", "kohya_ldm", 1.0, encode_once=True),
+    # Qwen-Image: ComfyUI's module paths are diffusers' own, so the file is diffusers' PEFT layout
+    # (`transformer.transformer_blocks.0.attn.to_q.lora_A.weight`), what diffusers' QwenImage loader, ai-toolkit and
+    # DiffSynth read and write. Qwen2.5-VL 7B: encode once.
+    "QwenImage": FamilySupport("qwen-image/lora", "diffusers_same", 4.0, encode_once=True),
 }
 
 # The generic path's preview CFG: the middle of what the flow-matching families sample with (Wan 5, Qwen-Image 4,

@@ -1,0 +1,64 @@
+"""Families whose text encoder ComfyUI always builds full size and whose text width is fixed (Qwen-Image: Qwen2.5-VL
+7B, 3584 wide): no tiny CLIP can feed them, so they train in-process on precomputed conditioning (the
+`PrecomputedText` stand-in, what encode-once caches anyway). Same checks as the graph tests: the file is in the
+family's ecosystem naming, ComfyUI's LoRA loader (LoraLoader's call) loads every key, and sampling changes."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from lora_train.dataset.loading import load_dataset
+from lora_train.dev.tiny_families import QWEN_TEXT_WIDTH, load_with_precomputed_text, write_tiny_any
+from lora_train.host.comfy_adapter import ComfyHost, apply_lora
+from lora_train.training import train_lora
+from lora_train.training.config import TrainConfig
+
+pytestmark = pytest.mark.host
+
+
+def _sample(model, text_encoder, seed: int = 7) -> torch.Tensor:
+    """KSampler's computation: euler, 2 steps, CFG 4, 64 px, on `model` (ComfyUI's own sampler)."""
+    import comfy.sample
+
+    latent = comfy.sample.fix_empty_latent_channels(model, torch.zeros([1, 4, 8, 8]))
+    noise = comfy.sample.prepare_noise(latent, seed)
+    positive = text_encoder.encode_from_tokens_scheduled("redstyle, a circle")
+    negative = text_encoder.encode_from_tokens_scheduled("")
+    with torch.inference_mode():
+        return comfy.sample.sample(
+            model, noise, 2, 4.0, "euler", "normal", positive, negative, latent, disable_pbar=True, seed=seed
+        )
+
+
+def test_qwen_image_trains_on_precomputed_text_and_its_diffusers_file_loads_in_comfyui(
+    comfy_lib, family_models, style_dataset_dir, tmp_path, caplog
+):
+    tiny = write_tiny_any("qwen_image", family_models)
+    model, text, vae = load_with_precomputed_text(tiny, family_models, QWEN_TEXT_WIDTH)
+    assert type(model.model.model_config).__name__ == "QwenImage"
+    cfg = TrainConfig.from_dict(
+        {"rank": 4, "alpha": 4, "steps": 3, "batch_size": 1, "resolution": 64, "output_name": "qwen",
+         "learning_rate": 1e-3}
+    )  # fmt: skip
+    with caplog.at_level(logging.INFO), torch.inference_mode():
+        result = train_lora(cfg, load_dataset(style_dataset_dir), ComfyHost(model, text, vae), tmp_path)
+    assert "QwenImage LoRA written in diffusers_same key naming" in caplog.text
+
+    with safe_open(str(result.lora_path), "pt") as handle:
+        keys, metadata = list(handle.keys()), handle.metadata()
+    assert metadata["modelspec.architecture"] == "qwen-image/lora"
+    assert keys and all(k.startswith("transformer.transformer_blocks.0.") for k in keys), keys[:5]
+    assert all(k.endswith((".lora_A.weight", ".lora_B.weight")) for k in keys), keys[:5]
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        patched, _ = apply_lora(model, None, load_file(str(result.lora_path)), 1.0, 0.0)
+    assert "lora key not loaded" not in caplog.text, caplog.text[-2000:]
+    assert len(patched.patches) == len(keys) // 2, "every module of the file patches a weight"
+    before, after = _sample(model, text), _sample(patched, text)
+    assert (after - before).abs().mean() > 1e-3, "the Qwen-Image LoRA did not change sampling"
