@@ -1,7 +1,7 @@
-"""Dataset: a folder of images with captions (`.txt` sidecars, `metadata.csv`, kohya `N_name` repeat folders) loaded
-with a report of every bad file, aspect buckets, and auto-label: CLIP image-text ranking of vocabularies
-(`vocab/`) with its captioner back ends (`captioners/`: ComfyUI graph objects, Hugging Face folders), written back
-as metadata.csv rows or sidecars."""
+"""Dataset: a folder of images and video clips (`video`: files PyAV decodes, `<name>.frames/` folders) with
+captions (`.txt` sidecars, `metadata.csv`, kohya `N_name` repeat folders) loaded with a report of every bad file,
+aspect buckets, and auto-label: CLIP image-text ranking of vocabularies (`vocab/`) with its captioner back ends
+(`captioners/`: ComfyUI graph objects, Hugging Face folders), written back as metadata.csv rows or sidecars."""
 
 from lora_train.lazy import lazy_exports
 
@@ -20,6 +20,8 @@ EXPORTS = {
     "buckets_with": "buckets",
     "bucket_counts": "buckets",
     "fit_to_bucket": "buckets",
+    "load_frames": "video",
+    "VIDEO_EXTENSIONS": "video",
     "CaptionConfig": "autolabel",
     "CaptionError": "autolabel",
     "auto_label": "autolabel",

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+FRAMES_SUFFIX = ".frames"  # `<clip>.frames/`: the frames of one video clip (lora_train.dataset.video), not images
 # PIL's own guard (Image.MAX_IMAGE_PIXELS) is 89,478,485 pixels: a 3-channel image that size is ~256 MiB.
 DEFAULT_MAX_PIXELS = 89_478_485
 
@@ -16,9 +17,10 @@ class DatasetError(ValueError):
 
 
 def find_images(root: Path):
-    """Image files below `root`, sorted, skipping hidden files and folders (macOS `._x.jpg`, our temp files)."""
+    """Image files below `root`, sorted, skipping hidden files and folders (macOS `._x.jpg`, our temp files) and
+    frame folders (their images are one clip's frames)."""
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and not d.endswith(FRAMES_SUFFIX))
         for name in sorted(filenames):
             if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS):
                 yield Path(dirpath) / name

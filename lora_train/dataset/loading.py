@@ -39,6 +39,7 @@ from lora_train.dataset.images import (
     probe_image,
     split_masks,
 )
+from lora_train.dataset.video import clip_item, find_clips, is_clip, load_frames, probe_clip
 from lora_train.settings import Settings, setting
 
 if TYPE_CHECKING:
@@ -70,13 +71,18 @@ class ImageItem:
     width: int = 0
     height: int = 0
     mask_path: Path | None = None  # `<stem>_mask.png` beside the image (masked loss)
+    frames: int = 0  # a video clip (lora_train.dataset.video): the frames it trains on; 0 = a still image
+    fps: float = 0.0
+    resample_fps: int = 0
 
     def load_oriented(self) -> Image.Image:
-        """The image as stored (its mode and alpha kept), EXIF orientation applied."""
+        """The image as stored (its mode and alpha kept), EXIF orientation applied; a clip's first frame."""
         from PIL import Image, ImageOps
 
         if self.image is not None:
             return self.image
+        if self.frames:
+            return load_frames(self)[0]
         if self.path is None:
             raise ValueError("ImageItem has neither a path nor an image")
         with Image.open(self.path) as opened:
@@ -116,6 +122,7 @@ class DatasetReport:
     repeats: dict[str, int] = field(default_factory=dict)  # folder -> repeats, for kohya N_name folders
     masks: int = 0  # images with a `<stem>_mask.png` beside them
     bucket_rules: str = ""  # how the buckets were chosen (BucketOptions.describe)
+    clip_frames: dict[str, int] = field(default_factory=dict)  # video clips: frames trained on -> count
 
     def summary(self, max_names: int = 10) -> str:
         """A human-readable report, naming at most `max_names` files per problem."""
@@ -127,6 +134,8 @@ class DatasetReport:
         if self.buckets:
             rules = f" ({self.bucket_rules})" if self.bucket_rules else ""
             lines.append(f"buckets{rules}: " + _top_counts(self.buckets, max_names))
+        if self.clip_frames:
+            lines.append("video clips by frames: " + _top_counts(self.clip_frames, max_names))
         if self.masks:
             lines.append(f"masks: {self.masks} image(s) have a _mask.png (used with masked_loss)")
         if self.missing_captions:
@@ -153,7 +162,7 @@ def _names(names: Sequence[str], limit: int) -> str:
 
 @dataclass
 class LoraDataset:
-    """Images with captions plus the report of how they were found."""
+    """Images (and video clips) with captions plus the report of how they were found."""
 
     items: list[ImageItem]
     root: Path | None = None
@@ -198,6 +207,10 @@ class DatasetConfig(Settings):
     bucket_no_upscale: bool = setting(
         False, "Small images keep their size (rounded down to bucket_step) instead of being upscaled.", advanced=True
     )
+    frames: int = setting(0, "Frames per video clip; 0 = as many as it has, rounded down to 4k+1 (Wan), at most 81.",
+                          min=0, max=1025, advanced=True)  # fmt: skip
+    fps: int = setting(0, "Resample video clips to this frame rate (Wan 16, HunyuanVideo 24); 0 = their own.", min=0,
+                       max=240, advanced=True)  # fmt: skip
 
     def bucket_options(self) -> BucketOptions:
         """The bucket settings as `BucketOptions`."""
@@ -224,10 +237,11 @@ def load_dataset(cfg: DatasetConfig | str | os.PathLike, **overrides: Any) -> Lo
     csv_captions = _read_csv_captions(root, problems) if cfg.captions != "txt" else {}
     _warn_shared_sidecars(image_paths, report)
     items: list[ImageItem] = []
-    for path in image_paths:
+    for path in image_paths + find_clips(root):
         rel = _rel(path, root)
         try:
-            width, height = probe_image(path, cfg.max_pixels)
+            clip = probe_clip(path, cfg.frames, cfg.fps, cfg.max_pixels) if is_clip(path) else None
+            width, height = (clip.width, clip.height) if clip else probe_image(path, cfg.max_pixels)
         except DatasetError as exc:
             problems.bad_file(rel, str(exc))
             continue
@@ -237,13 +251,15 @@ def load_dataset(cfg: DatasetConfig | str | os.PathLike, **overrides: Any) -> Lo
             caption = cfg.default_caption
         repeats = _repeats_for(path, root, cfg.repeats, report)
         mask = mask_paths.get(path)
-        items.append(ImageItem(caption, path, repeats=repeats, width=width, height=height, mask_path=mask))
+        item = ImageItem(caption, path, repeats=repeats, width=width, height=height, mask_path=mask)
+        items.append(clip_item(item, clip, cfg.fps) if clip else item)
     report.images = len(items)
     report.captions = sum(1 for item in items if item.caption)
     report.sizes = dict(Counter(f"{item.width}x{item.height}" for item in items))
     report.buckets = bucket_counts(buckets_with(items, cfg.resolution, cfg.bucket_options()))
     report.bucket_rules = cfg.bucket_options().describe(cfg.resolution)
     report.masks = sum(1 for item in items if item.mask_path is not None)
+    report.clip_frames = dict(Counter(str(item.frames) for item in items if item.frames))
     unknown = sorted(set(csv_captions) - {p.resolve() for p in image_paths})
     if unknown:
         report.warnings.append(

@@ -48,3 +48,26 @@ def write_style_dataset(
             style_image(index, size, seed=seed).save(handle, format="PNG")
         atomic_write_text(folder / f"{name}.txt", f"{trigger}, a {SHAPES[index % len(SHAPES)]}")
     return folder
+
+
+def style_frames(index: int, frames: int, size: int = 64, seed: int = 0) -> list[Image.Image]:
+    """A red-style clip: one style image whose shape drifts one pixel right per frame."""
+    import numpy as np
+
+    pixels = np.asarray(style_image(index, size, seed=seed))
+    return [Image.fromarray(np.roll(pixels, t, axis=1)) for t in range(frames)]
+
+
+def write_clip_dataset(
+    folder: str | Path, count: int = 2, frames: int = 9, size: int = 64, trigger: str = "redstyle", fps: int = 16
+) -> Path:
+    """Write `count` animated GIF clips (`frames` frames at `fps`) with `.txt` captions into `folder`."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for index in range(count):
+        name = f"clip{index:02d}_{SHAPES[index % len(SHAPES)]}"
+        images = style_frames(index, frames, size)
+        with atomic_write(folder / f"{name}.gif") as handle:
+            images[0].save(handle, format="GIF", save_all=True, append_images=images[1:], duration=1000 // fps, loop=0)
+        atomic_write_text(folder / f"{name}.txt", f"{trigger}, a drifting {SHAPES[index % len(SHAPES)]}")
+    return folder

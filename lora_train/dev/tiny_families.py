@@ -41,7 +41,15 @@ WAN22_VAE_NAME = "tiny_taew22_vae.safetensors"
 # Wan: heads = dim / 128 and the text width is fixed at 4096 (UMT5-XXL): one 128-wide block.
 TINY_WAN = {"dim": 128, "ffn_dim": 256, "num_layers": 1, "text_dim": 4096, "freq_dim": 256}
 
-NEW_FAMILIES = ("sd35_large", "sd35_medium", "chroma", "flux2", "qwen_image", "wan21_t2v", "wan22_5b")
+NEW_FAMILIES = ("sd35_large", "sd35_medium", "chroma", "flux2", "qwen_image", "hunyuan_video", "wan21_t2v", "wan22_5b")
+HUNYUAN_VAE_NAME = "tiny_taehv_hunyuan.safetensors"
+# HunyuanVideo: width read from img_in, heads = width / 128, text width from txt_in (CLIP-L, 768): ~2 M parameters.
+TINY_HUNYUAN_VIDEO = {
+    "in_channels": 16, "out_channels": 16, "vec_in_dim": 768, "context_in_dim": 768, "hidden_size": 128,
+    "mlp_ratio": 4.0, "num_heads": 1, "depth": 1, "depth_single_blocks": 1, "axes_dim": [16, 56, 56], "theta": 256,
+    "patch_size": [1, 2, 2], "qkv_bias": True, "guidance_embed": True, "byt5": False, "meanflow": False,
+    "use_cond_type_embedding": False, "vision_in_dim": None, "meanflow_sum": False,
+}  # fmt: skip
 # Qwen-Image: width 3072 (24 heads of 128) and text width 3584 (Qwen2.5-VL 7B) are fixed: one block, ~380 M
 # parameters; its text conditioning is precomputed (no CLIP loader yields 3584-wide text), see `QWEN_TEXT_WIDTH`.
 QWEN_TEXT_WIDTH = 3584
@@ -69,6 +77,13 @@ _SD3_SPLIT = {"text_encoders": CLIP_L_NAME, "vae": TAESD16_NAME}
 
 _FLUX_SPLIT = {"text_encoders": CLIP_L_NAME, "vae": TAESD16_NAME}
 _MODELS = {
+    # HunyuanVideo's VAE is a TAEHV stored in fp16 (ComfyUI tells HunyuanVideo's from Wan's taew by that dtype).
+    "hunyuan_video": TinyModel(
+        "hunyuan_video",
+        "HunyuanVideo",
+        {"diffusion_models": "tiny_hunyuan_video.safetensors", "text_encoders": CLIP_L_NAME, "vae": HUNYUAN_VAE_NAME},
+        "stable_diffusion",
+    ),
     # Qwen-Image takes the Wan 2.1 VAE; no text-encoder file (conditioning is precomputed).
     "qwen_image": TinyModel(
         "qwen_image", "QwenImage", {"diffusion_models": "tiny_qwen_image.safetensors", "vae": WAN21_VAE_NAME}
@@ -180,6 +195,24 @@ def _qwen_image_unet() -> dict[str, torch.Tensor]:
     return dict(model.state_dict())
 
 
+def _hunyuan_video_unet() -> dict[str, torch.Tensor]:
+    import comfy.ops
+    from comfy.ldm.hunyuan_video.model import HunyuanVideo, HunyuanVideoParams
+
+    config = _dataclass_fields(HunyuanVideoParams, TINY_HUNYUAN_VIDEO)
+    model = HunyuanVideo(**config, dtype=torch.float32, operations=comfy.ops.disable_weight_init)
+    _init_(model, _generator("hunyuan_video"))
+    return {k: v.contiguous() for k, v in model.state_dict().items()}
+
+
+def _taehv(channels: int, dtype: torch.dtype, part: str) -> dict[str, torch.Tensor]:
+    from comfy.taesd.taehv import TAEHV
+
+    vae = TAEHV(latent_channels=channels)
+    _init_(vae, _generator(part))
+    return {k: v.to(dtype).contiguous() for k, v in vae.state_dict().items()}
+
+
 def _wan_unet(channels: int, part: str) -> dict[str, torch.Tensor]:
     import comfy.ops
     from comfy.ldm.wan.model import WanModel
@@ -216,6 +249,8 @@ def _taew22() -> dict[str, torch.Tensor]:
 
 _PARTS: dict[tuple[str, str], Callable[[], dict[str, torch.Tensor]]] = {
     ("diffusion_models", "tiny_chroma.safetensors"): _chroma_unet,
+    ("diffusion_models", "tiny_hunyuan_video.safetensors"): _hunyuan_video_unet,
+    ("vae", HUNYUAN_VAE_NAME): lambda: _taehv(16, torch.float16, "taehv_hunyuan"),
     ("diffusion_models", "tiny_qwen_image.safetensors"): _qwen_image_unet,
     ("diffusion_models", "tiny_flux2.safetensors"): _flux2_unet,
     ("vae", FLUX2_VAE_NAME): _flux2_vae,

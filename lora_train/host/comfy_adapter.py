@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from lora_train.dataset import LoraDataset, fit_to_bucket
+from lora_train.dataset import LoraDataset, fit_to_bucket, load_frames
 from lora_train.host.compat import HostTooOld, check_host
 from lora_train.host.families import architecture, family_support, model_family, size_conditioning
 from lora_train.host.naming import diffusers_names, diffusers_pieces, same_name_pieces
@@ -142,11 +142,12 @@ class ComfyHost:
         if cached is not None:
             return cached
         try:
-            image = item.load()
-        except Exception as exc:  # PIL raises many types for broken files
+            images = load_frames(item) if item.frames else [item.load()]
+        except Exception as exc:  # PIL and PyAV raise many types for broken files
             raise TrainingError(f"cannot read training image {item.path or index}: {exc}") from exc
-        pixels = torch.from_numpy(np.asarray(fit_to_bucket(image, bucket), dtype=np.float32) / 255.0)[None]
-        latents = self.vae.encode(pixels).float().cpu()
+        # A clip's frames are one [frames, H, W, C] batch: video VAEs encode it as one clip.
+        pixels = np.stack([np.asarray(fit_to_bucket(image, bucket), dtype=np.float32) / 255.0 for image in images])
+        latents = self.vae.encode(torch.from_numpy(pixels)).float().cpu()
         if cache is not None:
             cache.put(key, latents)
         return latents
@@ -160,10 +161,32 @@ class ComfyHost:
                 "that its large text encoder (T5-XXL) is not kept in memory next to the model. Turn it off."
             )
 
+    def check_clips(self, dataset: LoraDataset) -> None:
+        """Video clips only for video VAEs, with the frame counts they take (4k+1 for Wan's and HunyuanVideo's),
+        refused by file before any work."""
+        clips = [item for item in dataset.items if item.frames]
+        if not clips:
+            return
+        temporal = getattr(self.vae, "upscale_index_formula", None)
+        if getattr(self.vae, "latent_dim", 2) != 3 or not temporal:
+            raise TrainingError(
+                f"{clips[0].path}: a video clip, but {self.family} trains on images (its VAE encodes no frames). "
+                "Remove the clips from the dataset or connect a video model (Wan, HunyuanVideo)."
+            )
+        step = int(temporal[0])
+        for item in clips:
+            if (item.frames - 1) % step:
+                raise TrainingError(
+                    f"{item.path}: {item.frames} frames, but {self.family}'s VAE takes {step}k+1 frames (1, "
+                    f"{1 + step}, {1 + 2 * step}, ...). Set the dataset's frames setting to one of those (0 picks the "
+                    "most each clip has)."
+                )
+
     def encode_examples(self, dataset: LoraDataset, cfg: TrainConfig, cache_dir: Path | None = None) -> list[Example]:
-        """VAE-encode every image once (at its bucket size; with `cache_dir`, once across runs) and text-encode
-        every distinct caption once."""
+        """VAE-encode every image (or clip) once (at its bucket size; with `cache_dir`, once across runs) and
+        text-encode every distinct caption once."""
         self.check_config(cfg)
+        self.check_clips(dataset)
         self.guidance = cfg.guidance
         texts: dict[str, dict[str, Any]] = {}
         examples = []

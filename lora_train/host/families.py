@@ -50,6 +50,10 @@ FAMILIES: dict[str, FamilySupport] = {
     # (`transformer.transformer_blocks.0.attn.to_q.lora_A.weight`), what diffusers' QwenImage loader, ai-toolkit and
     # DiffSynth read and write. Qwen2.5-VL 7B: encode once.
     "QwenImage": FamilySupport("qwen-image/lora", "diffusers_same", 4.0, encode_once=True),
+    # Wan: kohya's layout over Wan's own module names (`lora_unet_blocks_0_self_attn_q`), as musubi-tuner writes it;
+    # ComfyUI and diffusers' Wan loader read it. UMT5-XXL: encode once. Wan 2.2 A14B has 2.1's shapes (and class).
+    "WAN21_T2V": FamilySupport("wan-2.1-t2v/lora", "kohya_ldm", 5.0, encode_once=True),
+    "WAN22_T2V": FamilySupport("wan-2.2-ti2v-5b/lora", "kohya_ldm", 5.0, encode_once=True),
 }
 
 # The generic path's preview CFG: the middle of what the flow-matching families sample with (Wan 5, Qwen-Image 4,

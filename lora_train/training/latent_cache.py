@@ -42,7 +42,14 @@ def cache_folder(output_dir: str | Path) -> Path:
 
 
 def image_digest(item: ImageItem) -> str:
-    """sha256 of the image file's bytes, or of an in-memory image's mode, size and pixels."""
+    """sha256 of the image file's bytes, or of an in-memory image's mode, size and pixels. A video clip's (a file
+    or a frame folder's files) also covers the frames it trains on and their rate."""
+    if item.path is not None and getattr(item, "frames", 0):
+        files = sorted(item.path.iterdir()) if item.path.is_dir() else [item.path]
+        digest = hashlib.sha256(f"clip:{item.frames}@{item.resample_fps}".encode())
+        for file in files:
+            digest.update(sha256_file(file).encode())
+        return digest.hexdigest()
     if item.path is not None:
         return sha256_file(item.path)
     if item.image is None:

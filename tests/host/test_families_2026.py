@@ -36,8 +36,17 @@ CASES = {
     "sd35_medium": ("stable-diffusion-3.5-medium/lora", _diffusers_peft, "SD3 LoRA written in diffusers key naming"),
     "chroma": ("chroma/lora", _kohya_flux, "Chroma LoRA written in kohya_ldm key naming"),
     "flux2": ("flux-2-dev/lora", _kohya_flux, "Flux2 LoRA written in kohya_ldm key naming"),
-    # Wan 2.1 has no family entry (yet): the generic path.
-    "wan21_t2v": ("WAN21_T2V/lora", lambda k: k.startswith("diffusion_model.blocks."), GENERIC_LOG),
+    "wan21_t2v": (
+        "wan-2.1-t2v/lora",
+        lambda k: k.startswith("lora_unet_blocks_"),
+        "WAN21_T2V LoRA written in kohya_ldm",
+    ),
+    # HunyuanVideo has no family entry: the generic path.
+    "hunyuan_video": (
+        "HunyuanVideo/lora",
+        lambda k: k.startswith(("diffusion_model.double_blocks.", "diffusion_model.single_blocks.")),
+        GENERIC_LOG,
+    ),
 }
 
 

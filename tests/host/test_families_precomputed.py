@@ -35,30 +35,70 @@ def _sample(model, text_encoder, seed: int = 7) -> torch.Tensor:
         )
 
 
-def test_qwen_image_trains_on_precomputed_text_and_its_diffusers_file_loads_in_comfyui(
-    comfy_lib, family_models, style_dataset_dir, tmp_path, caplog
-):
+@pytest.fixture(scope="module")
+def qwen_trained(comfy_lib, family_models, style_dataset_dir, tmp_path_factory):
+    """The tiny Qwen-Image (MODEL, text stand-in, VAE), its training result and the log of the run."""
     tiny = write_tiny_any("qwen_image", family_models)
     model, text, vae = load_with_precomputed_text(tiny, family_models, QWEN_TEXT_WIDTH)
-    assert type(model.model.model_config).__name__ == "QwenImage"
     cfg = TrainConfig.from_dict(
         {"rank": 4, "alpha": 4, "steps": 3, "batch_size": 1, "resolution": 64, "output_name": "qwen",
          "learning_rate": 1e-3}
     )  # fmt: skip
-    with caplog.at_level(logging.INFO), torch.inference_mode():
-        result = train_lora(cfg, load_dataset(style_dataset_dir), ComfyHost(model, text, vae), tmp_path)
-    assert "QwenImage LoRA written in diffusers_same key naming" in caplog.text
+    records = _Records()
+    logging.getLogger("lora_train").addHandler(records)
+    try:
+        with torch.inference_mode():
+            result = train_lora(
+                cfg, load_dataset(style_dataset_dir), ComfyHost(model, text, vae), tmp_path_factory.mktemp("q")
+            )
+    finally:
+        logging.getLogger("lora_train").removeHandler(records)
+    return model, text, vae, result, records.text()
 
+
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+
+def test_qwen_image_trains_on_precomputed_text_and_its_diffusers_file_loads_in_comfyui(qwen_trained, caplog):
+    model, text, _, result, log = qwen_trained
+    assert type(model.model.model_config).__name__ == "QwenImage"
+    assert "QwenImage LoRA written in diffusers_same key naming" in log
     with safe_open(str(result.lora_path), "pt") as handle:
         keys, metadata = list(handle.keys()), handle.metadata()
     assert metadata["modelspec.architecture"] == "qwen-image/lora"
     assert keys and all(k.startswith("transformer.transformer_blocks.0.") for k in keys), keys[:5]
     assert all(k.endswith((".lora_A.weight", ".lora_B.weight")) for k in keys), keys[:5]
 
-    caplog.clear()
     with caplog.at_level(logging.WARNING):
         patched, _ = apply_lora(model, None, load_file(str(result.lora_path)), 1.0, 0.0)
     assert "lora key not loaded" not in caplog.text, caplog.text[-2000:]
     assert len(patched.patches) == len(keys) // 2, "every module of the file patches a weight"
     before, after = _sample(model, text), _sample(patched, text)
     assert (after - before).abs().mean() > 1e-3, "the Qwen-Image LoRA did not change sampling"
+
+
+def test_qwen_image_file_loads_in_diffusers_with_every_key_and_the_same_weight_updates(qwen_trained):
+    from diffusers import QwenImagePipeline, QwenImageTransformer2DModel
+
+    result = qwen_trained[3]
+    with torch.device("meta"):  # the tiny model's shape; weights are irrelevant to what the LoRA adds
+        transformer = QwenImageTransformer2DModel(num_layers=1)
+    transformer = transformer.to_empty(device="cpu")
+    state = QwenImagePipeline.lora_state_dict(str(result.lora_path))
+    transformer.load_lora_adapter(state, prefix="transformer", adapter_name="trained")
+    tensors = load_file(str(result.lora_path))
+    modules = {k[len("transformer.") : -len(".lora_A.weight")] for k in tensors if k.endswith(".lora_A.weight")}
+    adapted = {name: m for name, m in transformer.named_modules() if "trained" in getattr(m, "lora_A", {})}
+    assert set(adapted) == modules, sorted(set(adapted) ^ modules)[:5]
+    for name in sorted(modules):  # the update diffusers adds is B @ A, the one ComfyUI's loader adds
+        expected = tensors[f"transformer.{name}.lora_B.weight"] @ tensors[f"transformer.{name}.lora_A.weight"]
+        torch.testing.assert_close(adapted[name].get_delta_weight("trained"), expected)
