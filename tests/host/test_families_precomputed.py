@@ -44,15 +44,18 @@ def qwen_trained(comfy_lib, family_models, style_dataset_dir, tmp_path_factory):
         {"rank": 4, "alpha": 4, "steps": 3, "batch_size": 1, "resolution": 64, "output_name": "qwen",
          "learning_rate": 1e-3}
     )  # fmt: skip
-    records = _Records()
-    logging.getLogger("lora_train").addHandler(records)
+    records, logger = _Records(), logging.getLogger("lora_train")
+    level = logger.level
+    logger.addHandler(records)
+    logger.setLevel(logging.INFO)
     try:
         with torch.inference_mode():
             result = train_lora(
                 cfg, load_dataset(style_dataset_dir), ComfyHost(model, text, vae), tmp_path_factory.mktemp("q")
             )
     finally:
-        logging.getLogger("lora_train").removeHandler(records)
+        logger.removeHandler(records)
+        logger.setLevel(level)
     return model, text, vae, result, records.text()
 
 

@@ -1,0 +1,101 @@
+"""Video families: a tiny Wan 2.2 5B-class model trains through the node on a 2-clip dataset and its LoRA changes a
+sampled clip; clips become one latent video each; clip frame counts the VAE cannot take, and clips given to an image
+model, are refused by file before any work."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+
+from lora_train.dataset.loading import load_dataset
+from lora_train.dev.host_builder import host_version
+from lora_train.dev.synthetic import write_clip_dataset
+from lora_train.dev.tiny_families import write_tiny_any
+from lora_train.dev.workflows import lora_loader_sample, train_and_sample
+from lora_train.host.comfy_adapter import ComfyHost
+from lora_train.training import TrainingError, train_lora
+from lora_train.training.config import TrainConfig
+
+pytestmark = pytest.mark.host
+
+FRAMES = 5  # sampled clip length (4k+1)
+
+
+@pytest.fixture(scope="module")
+def clip_dataset_dir(tmp_path_factory):
+    """Two 9-frame 64-px GIF clips with captions."""
+    return write_clip_dataset(tmp_path_factory.mktemp("clips"), count=2, frames=9)
+
+
+def _video_latents(workflow: dict) -> dict:
+    """Every empty latent of the graph as a FRAMES-frame video latent (EmptyHunyuanLatentVideo, in both hosts)."""
+    for node in [n for n in workflow if n.endswith("_lat")]:
+        workflow[node] = {
+            "class_type": "EmptyHunyuanLatentVideo",
+            "inputs": {"width": 64, "height": 64, "length": FRAMES, "batch_size": 1},
+        }
+    return workflow
+
+
+def _frames(comfy, result, node) -> np.ndarray:
+    images = result.outputs[node]["images"]
+    return np.stack([np.asarray(Image.open(io.BytesIO(comfy.view(i))).convert("RGB"), np.float32) for i in images])
+
+
+def test_wan22_5b_trains_on_two_clips_and_its_lora_changes_a_sampled_clip(comfy, tiny_family, clip_dataset_dir):
+    if host_version() == "0.3.75":
+        pytest.skip("0.3.75's TAEHV (the tiny Wan 2.2 VAE) cannot encode")
+    tiny = tiny_family("wan22_5b")
+    loaders = tiny.loader_nodes("wan22_")
+    settings = {"steps": 4, "batch_size": 1, "rank": 4, "learning_rate": 5e-3}
+    log_start = len(comfy.log_text())
+    result = comfy.run_workflow(
+        _video_latents(train_and_sample(str(clip_dataset_dir), loaders, output_name="wan22", **settings))
+    )
+    before, after = _frames(comfy, result, "before_save"), _frames(comfy, result, "after_save")
+    assert len(before) == len(after) >= FRAMES, "the sample is a clip"
+    assert np.abs(after - before).mean() > 0.5, "the Wan 2.2 LoRA did not change the sampled clip"
+    with safe_open(str(comfy.models_dir / "loras" / "wan22.safetensors"), "pt") as handle:
+        keys, metadata = list(handle.keys()), handle.metadata()
+    assert metadata["modelspec.architecture"] == "wan-2.2-ti2v-5b/lora"
+    assert keys and all(k.startswith("lora_unet_blocks_") for k in keys), keys[:5]  # musubi-tuner's layout
+
+    loaded = comfy.run_workflow(_video_latents(lora_loader_sample("wan22.safetensors", loaders=loaders)))
+    log = comfy.log_text()[log_start:]
+    assert "WAN22_T2V LoRA written in kohya_ldm key naming" in log
+    assert "lora key not loaded" not in log, log[-3000:]
+    assert np.abs(_frames(comfy, loaded, "loader_save") - after).max() <= 2.0
+
+
+def _host(family: str, models):
+    model, clip, vae = write_tiny_any(family, models).load(models)
+    return ComfyHost(model, clip, vae)
+
+
+def test_each_clip_is_one_latent_video_with_1_plus_frames_over_4_latent_frames(
+    comfy_lib, family_models, clip_dataset_dir
+):
+    host = _host("wan21_t2v", family_models)
+    with torch.inference_mode():
+        examples = host.encode_examples(load_dataset(clip_dataset_dir), TrainConfig(resolution=64))
+    assert [tuple(e.latents.shape) for e in examples] == [(16, 3, 8, 8)] * 2  # 9 frames -> 1 + 8/4 latent frames
+    assert not torch.equal(examples[0].latents[:, 0], examples[0].latents[:, 2]), "the frames differ over time"
+
+
+@pytest.mark.parametrize("family, frames, message", [
+    ("wan21_t2v", 6, r"clip00_circle.gif: 6 frames, but WAN21_T2V's VAE takes 4k\+1 frames .* frames setting"),
+    ("sd3", 0, r"clip00_circle.gif: a video clip, but SD3 trains on images"),
+])  # fmt: skip
+def test_clips_the_vae_cannot_take_are_refused_by_file_before_work(
+    comfy_lib, family_models, clip_dataset_dir, tmp_path, family, frames, message
+):
+    host = _host(family, family_models)
+    cfg = TrainConfig.from_dict({"rank": 4, "steps": 1, "resolution": 64, "output_name": "refused"})
+    with pytest.raises(TrainingError, match=message), torch.inference_mode():
+        train_lora(cfg, load_dataset(clip_dataset_dir, frames=frames), host, tmp_path / "out")
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir()), "nothing may be written"
