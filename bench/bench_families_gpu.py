@@ -13,6 +13,12 @@ model while it trains, and the adapters' dtype. Targets (a 12 GB / 24 GB card ho
   (`model_options={"dtype": torch.float8_e4m3fn}`): ComfyUI keeps the fp8 weights and casts each layer to bf16
   as it runs. `flux_bf16` (not run by default) is the same model with bf16 weights, for comparison.
 
+- 2026 families (`CASES_2026`, not run by default): `qwen_image_fp8` (Qwen-Image 20.4 B, fp8 base, 1024 px,
+  target <= 24 GiB), `flux2_fp8` (Flux 2 dev 32 B, fp8 base, 1024 px, measured), `wan22_5b` (Wan 2.2 TI2V 5B,
+  bf16, 480x832 x 49 frames = 13 latent frames, target <= 16 GiB); their text widths are the real encoders'
+  (Qwen2.5-VL 3584, Mistral 15360, UMT5 4096) and no encoder is loaded.
+    python bench/bench_families_gpu.py --cases qwen_image_fp8,flux2_fp8,wan22_5b   # needs ComfyUI 0.33 (Flux 2)
+
 Weights are seeded random values made straight on the device, tensor by tensor, in the stored dtype (no file is
 written), and go through ComfyUI's own UNet loader path (comfy.sd.load_diffusion_model_state_dict: detection,
 dtype choice, manual-cast ops), which must detect them as SDXL / Flux. Training is lora_train.training.train_lora
@@ -45,11 +51,12 @@ import tempfile
 import time
 import types
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from bench_train_gpu import SEED, _comfyui, _memory, _reset_peak, _sync, bench_settings
 
+from lora_train.dev.tiny_families import TINY_FLUX2, TINY_WAN
 from lora_train.dev.tiny_models import TINY_FLUX, TINY_SDXL_UNET
 
 # Full SDXL (ComfyUI's model_detection SDXL config); the tiny one is the smallest ComfyUI still detects as SDXL.
@@ -89,6 +96,43 @@ CASES = {
     "flux_bf16": Case("Flux", "bf16", 4096, 768, 512, None),
 }
 DEFAULT_CASES = "sdxl,flux_fp8"
+
+
+@dataclass(frozen=True)
+class ShapedCase(Case):
+    """A 2026 family: its own module tree and latent layout ([C, (frames,) h, w], full size and --tiny)."""
+
+    config: dict = field(default_factory=dict)  # the model class's arguments at full size
+    tiny_config: dict = field(default_factory=dict)
+    latent: tuple = ()
+    tiny_latent: tuple = ()
+    frames: int = 0  # video: frames of the clip the latent stands for
+
+
+# Qwen-Image (20.4 B, 60 blocks of width 3072, Qwen2.5-VL text 3584 wide) with an fp8 base at 1024 px: <= 24 GiB.
+# Flux 2 dev (32 B: width 6144, 8 double + 48 single blocks, Mistral text 15360 wide) with an fp8 base at 1024 px:
+# measured, no target yet. Wan 2.2 TI2V 5B (width 3072, 30 blocks, 48-channel latents at 16x) in bf16 on a
+# 480x832 x 49-frame clip (13 latent frames): <= 16 GiB. Text widths are the real encoders'; none is loaded.
+CASES_2026 = {
+    "qwen_image_fp8": ShapedCase(
+        "QwenImage", "fp8_e4m3fn", 3584, 0, 256, 24.0, config={"num_layers": 60}, tiny_config={"num_layers": 1},
+        latent=(16, 1, 128, 128), tiny_latent=(16, 1, 8, 8),
+    ),
+    "flux2_fp8": ShapedCase(
+        "Flux2", "fp8_e4m3fn", 15360, 0, 512, None,
+        config={**TINY_FLUX2, "hidden_size": 6144, "num_heads": 48, "depth": 8, "depth_single_blocks": 48,
+                "context_in_dim": 15360},
+        tiny_config={**TINY_FLUX2, "context_in_dim": 15360}, latent=(128, 64, 64), tiny_latent=(128, 4, 4),
+    ),
+    "wan22_5b": ShapedCase(
+        "WAN22_T2V", "bf16", 4096, 0, 512, 16.0,
+        config={**TINY_WAN, "dim": 3072, "ffn_dim": 14336, "num_heads": 24, "num_layers": 30, "in_dim": 48,
+                "out_dim": 48},
+        tiny_config={**TINY_WAN, "num_heads": 1, "in_dim": 48, "out_dim": 48}, latent=(48, 13, 30, 52),
+        tiny_latent=(48, 2, 4, 4), frames=49,
+    ),
+}  # fmt: skip
+CASES |= CASES_2026
 FULL = {"resolution": 1024, "batch": 1, "rank": 16}
 TINY = {"resolution": 64, "batch": 1, "rank": 16, "tokens": 16}
 
@@ -99,6 +143,8 @@ def _architecture(case: Case, tiny: bool) -> torch.nn.Module:
     import comfy.ops
 
     ops, meta = comfy.ops.disable_weight_init, torch.device("meta")
+    if isinstance(case, ShapedCase):
+        return _architecture_2026(case, case.tiny_config if tiny else case.config, ops, meta)
     if case.family == "SDXL":
         from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
@@ -108,6 +154,24 @@ def _architecture(case: Case, tiny: bool) -> torch.nn.Module:
 
     config = SMOKE_FLUX if tiny else FULL_FLUX
     return Flux(**config, guidance_embed=True, dtype=torch.bfloat16, device=meta, operations=ops)
+
+
+def _architecture_2026(case: ShapedCase, config: dict, ops, meta: torch.device) -> torch.nn.Module:
+    if case.family == "QwenImage":
+        from comfy.ldm.qwen_image.model import QwenImageTransformer2DModel
+
+        return QwenImageTransformer2DModel(**config, dtype=torch.bfloat16, device=meta, operations=ops)
+    if case.family == "Flux2":
+        import dataclasses
+
+        from comfy.ldm.flux.model import Flux, FluxParams
+
+        declared = {f.name for f in dataclasses.fields(FluxParams)}
+        config = {k: v for k, v in config.items() if k in declared}
+        return Flux(**config, dtype=torch.bfloat16, device=meta, operations=ops)
+    from comfy.ldm.wan.model import WanModel
+
+    return WanModel(**config, model_type="t2v", dtype=torch.bfloat16, device=meta, operations=ops)
 
 
 def random_state(module: torch.nn.Module, dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
@@ -151,9 +215,13 @@ def random_encoded(latent_channels: int, resolution: int, tokens: int, case: Cas
     """One latent [1, C, h, w], a context [1, tokens, width] and a pooled vector [1, width], from a fixed seed."""
     generator = torch.Generator().manual_seed(SEED)
     side = resolution // 8
-    latent = torch.randn(1, latent_channels, side, side, generator=generator)
+    if isinstance(case, ShapedCase):
+        shape = case.tiny_latent if resolution < 256 else case.latent
+    else:
+        shape = (latent_channels, side, side)
+    latent = torch.randn(1, *shape, generator=generator)
     context = torch.randn(1, tokens, case.context, generator=generator)
-    pooled = torch.randn(1, case.pooled, generator=generator)
+    pooled = torch.randn(1, case.pooled, generator=generator) if case.pooled else None
     return latent, {"cross_attn": context, "pooled_output": pooled}
 
 
