@@ -27,8 +27,9 @@ class LoadLoraDataset:
         "Loads png/jpg/jpeg/webp/bmp images from a folder and its sub-folders. A sub-folder named N_name "
         "(kohya style, e.g. 10_mychar) repeats its images N times. Captions come from <image>.txt sidecars and/or "
         "metadata.csv (columns file_name,text); 'captions' picks which wins. EXIF rotation is applied and "
-        "transparency flattened onto white. Unreadable files are listed in the report instead of stopping the "
-        "graph, unless strict is on."
+        "transparency flattened onto white. Video clips (mp4/webm/gif/mov/mkv, or a <name>.frames folder of "
+        "images) train video models (Wan, HunyuanVideo) on 'frames' frames each (0: the most a clip has, 4k+1). "
+        "Unreadable files are listed in the report instead of stopping the graph, unless strict is on."
     )
 
     @classmethod
