@@ -33,7 +33,24 @@ FLUX_MODEL, FLUX_CLIP_L, FLUX_T5, FLUX_VAE = (
     "t5xxl_fp16.safetensors",
     "ae.safetensors",
 )
+# The Qwen-Image and Wan 2.2 examples: the files of ComfyUI's own templates for them.
+QWEN_MODEL, QWEN_TEXT, QWEN_VAE = (
+    "qwen_image_fp8_e4m3fn.safetensors",
+    "qwen_2.5_vl_7b_fp8_scaled.safetensors",
+    "qwen_image_vae.safetensors",
+)
+WAN22_MODEL, WAN_TEXT, WAN22_VAE = (
+    "wan2.2_ti2v_5B_fp16.safetensors",
+    "umt5_xxl_fp8_e4m3fn_scaled.safetensors",
+    "wan2.2_vae.safetensors",
+)
 PLACEHOLDERS = (
+    QWEN_MODEL,
+    QWEN_TEXT,
+    QWEN_VAE,
+    WAN22_MODEL,
+    WAN_TEXT,
+    WAN22_VAE,
     CHECKPOINT,
     DATASET_DIR,
     CLIP_MODEL,
@@ -59,6 +76,7 @@ TINY_PROFILE: dict[str, dict[str, Any]] = {
     },
     "EmptyLatentImage": {"width": 64, "height": 64},
     "EmptySD3LatentImage": {"width": 64, "height": 64},
+    "Wan22ImageToVideoLatent": {"width": 64, "height": 64, "length": 5},
     "KSampler": {"steps": 4},
 }
 
@@ -78,6 +96,23 @@ NOTES = {
         f"2. Load LoRA Dataset: set path (replace {DATASET_DIR}).\n3. Train LoRA: captions are encoded once and "
         "T5-XXL leaves the GPU before training; resolution 1024 with gradient checkpointing and bf16. Set "
         "output_name and a trigger_word.\n\nSampling uses cfg 1 with FluxGuidance 3.5, as Flux dev expects."
+    ),
+    "train_qwen_image_lora": (
+        "Train a Qwen-Image LoRA and sample with it at once.\n\n"
+        f"1. Load Diffusion Model: {QWEN_MODEL}. Load CLIP: {QWEN_TEXT}, type qwen_image. Load VAE: {QWEN_VAE}.\n"
+        f"2. Load LoRA Dataset: set path (replace {DATASET_DIR}).\n3. Train LoRA: captions are encoded once and "
+        "Qwen2.5-VL leaves the GPU before training; 1024 px, bf16, gradient checkpointing (fits 24 GB with the fp8 "
+        "model). The file is in diffusers' PEFT keys (transformer.transformer_blocks...), which ComfyUI, diffusers "
+        "and ai-toolkit read.\n\nSampling follows ComfyUI's Qwen-Image template: AuraFlow shift 3.1, cfg 2.5."
+    ),
+    "train_wan22_lora": (
+        "Train a Wan 2.2 5B (text/image-to-video) LoRA on video clips and sample a clip with it.\n\n"
+        f"1. Load Diffusion Model: {WAN22_MODEL}. Load CLIP: {WAN_TEXT}, type wan. Load VAE: {WAN22_VAE}.\n"
+        f"2. Load LoRA Dataset: a folder of clips (mp4/webm/gif, or <name>.frames folders) with <clip>.txt "
+        f"captions (replace {DATASET_DIR}); frames 49 trains on 49 frames per clip (4k+1), fps 24.\n3. Train LoRA: "
+        "UMT5 is encoded once and leaves the GPU; 480 px, bf16, gradient checkpointing (fits 16 GB). The file is "
+        "musubi-tuner's layout (lora_unet_blocks_...), which ComfyUI and diffusers read.\n\nSampling follows "
+        "ComfyUI's Wan 2.2 5B template: shift 8, uni_pc, cfg 5; the clips are saved as animated WEBP."
     ),
     "auto_label_folder": (
         "Caption a folder of images with CLIP (writes metadata.csv into the folder).\n\n"
@@ -181,6 +216,97 @@ def train_flux_lora() -> dict:
     }  # fmt: skip
 
 
+def _sample_with(
+    first_id: int, model: list, clip: list, vae: list, latent: dict, sampling: dict, save: dict, title: str
+) -> dict:
+    """Prompt -> shifted model -> KSampler on `latent` -> decode -> `save` (a 2026 family's template)."""
+    pos, neg, lat, shift, sampler, decode, out = (str(first_id + i) for i in range(7))
+    return {
+        pos: {"class_type": "CLIPTextEncode", "inputs": {"text": "a lighthouse on a cliff at sunset", "clip": clip},
+              "_meta": {"title": "Prompt"}},
+        neg: {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": clip}, "_meta": {"title": "Negative"}},
+        lat: latent,
+        shift: {"class_type": sampling["shift_node"], "inputs": {"model": model, "shift": sampling["shift"]}},
+        sampler: {"class_type": "KSampler",
+                  "inputs": {"model": [shift, 0], "positive": [pos, 0], "negative": [neg, 0], "latent_image": [lat, 0],
+                             "seed": 1234, "steps": 20, "cfg": sampling["cfg"], "sampler_name": sampling["sampler"],
+                             "scheduler": "simple", "denoise": 1.0}},
+        decode: {"class_type": "VAEDecode", "inputs": {"samples": [sampler, 0], "vae": vae}},
+        out: {**save, "inputs": {**save["inputs"], "images": [decode, 0]}, "_meta": {"title": title}},
+    }  # fmt: skip
+
+
+def _split_loaders(model: str, text: str, text_type: str, vae: str, dataset: dict, train: dict) -> dict:
+    """Load Diffusion Model / Load CLIP / Load VAE -> Load LoRA Dataset -> Train LoRA (ids 1-5)."""
+    return {
+        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": model, "weight_dtype": "default"}},
+        "2": {"class_type": "CLIPLoader", "inputs": {"clip_name": text, "type": text_type, "device": "default"}},
+        "3": {"class_type": "VAELoader", "inputs": {"vae_name": vae}},
+        "4": {"class_type": "LoraTrain_LoadDataset", "inputs": dataset},
+        "5": {"class_type": "LoraTrain_TrainLoRA",
+              "inputs": {"model": ["1", 0], "clip": ["2", 0], "vae": ["3", 0], "dataset": ["4", 0], **train,
+                         "captions": ""}},
+    }  # fmt: skip
+
+
+def train_qwen_image_lora() -> dict:
+    """Qwen-Image from its split files -> Load LoRA Dataset -> Train LoRA -> sampling with and without the LoRA."""
+    from lora_train.dataset.loading import DatasetConfig
+    from lora_train.training.config import TrainConfig
+
+    train = widget_defaults(TrainConfig) | {
+        "output_name": "my_qwen_image_lora",
+        "resolution": 1024,
+        "mixed_precision": "bf16",
+        "gradient_checkpointing": True,
+        "alpha": 16.0,
+    }
+    dataset = widget_defaults(DatasetConfig) | {"path": DATASET_DIR, "resolution": 1024}
+    latent = {"class_type": "EmptySD3LatentImage", "inputs": {"width": 1328, "height": 1328, "batch_size": 1}}
+    sampling = {"shift_node": "ModelSamplingAuraFlow", "shift": 3.1, "cfg": 2.5, "sampler": "euler"}
+    save = {"class_type": "SaveImage", "inputs": {"filename_prefix": "lora_train/qwen"}}
+    return {
+        **_split_loaders(QWEN_MODEL, QWEN_TEXT, "qwen_image", QWEN_VAE, dataset, train),
+        **_sample_with(10, ["5", 0], ["5", 1], ["3", 0], latent, sampling, save, "With the new LoRA"),
+        **_sample_with(20, ["1", 0], ["2", 0], ["3", 0], latent, sampling, save, "Base model (same seed)"),
+    }  # fmt: skip
+
+
+def train_wan22_lora() -> dict:
+    """Wan 2.2 5B from its split files -> Load LoRA Dataset (clips) -> Train LoRA -> a clip with and without it."""
+    from lora_train.dataset.loading import DatasetConfig
+    from lora_train.training.config import TrainConfig
+
+    train = widget_defaults(TrainConfig) | {
+        "output_name": "my_wan22_lora",
+        "resolution": 480,
+        "mixed_precision": "bf16",
+        "gradient_checkpointing": True,
+        "alpha": 16.0,
+    }
+    dataset = widget_defaults(DatasetConfig) | {"path": DATASET_DIR, "resolution": 480, "frames": 49, "fps": 24}
+    latent = {
+        "class_type": "Wan22ImageToVideoLatent",
+        "inputs": {"vae": ["3", 0], "width": 832, "height": 480, "length": 49, "batch_size": 1},
+    }
+    sampling = {"shift_node": "ModelSamplingSD3", "shift": 8.0, "cfg": 5.0, "sampler": "uni_pc"}
+    save = {
+        "class_type": "SaveAnimatedWEBP",
+        "inputs": {
+            "filename_prefix": "lora_train/wan22",
+            "fps": 24.0,
+            "lossless": False,
+            "quality": 90,
+            "method": "default",
+        },
+    }
+    return {
+        **_split_loaders(WAN22_MODEL, WAN_TEXT, "wan", WAN22_VAE, dataset, train),
+        **_sample_with(10, ["5", 0], ["5", 1], ["3", 0], latent, sampling, save, "With the new LoRA"),
+        **_sample_with(20, ["1", 0], ["2", 0], ["3", 0], latent, sampling, save, "Base model (same seed)"),
+    }  # fmt: skip
+
+
 def auto_label_folder() -> dict:
     """Auto-label (CLIP) over a folder, its summary shown as text."""
     from lora_train.dataset.autolabel import CaptionConfig
@@ -225,6 +351,8 @@ def publish_lora_release() -> dict:
 BUILDERS = {
     "train_lora_from_folder": train_lora_from_folder,
     "train_flux_lora": train_flux_lora,
+    "train_qwen_image_lora": train_qwen_image_lora,
+    "train_wan22_lora": train_wan22_lora,
     "auto_label_folder": auto_label_folder,
     "fetch_lora_and_sample": fetch_lora_and_sample,
     "publish_lora_release": publish_lora_release,
