@@ -84,3 +84,27 @@ def test_2026_family_trains_in_the_node_and_loads_with_every_key(comfy, tiny_fam
     assert "lora key not loaded" not in log, log[-3000:]
     difference = np.abs(_image(comfy, loaded, "loader_save") - after).max()
     assert difference <= 2.0, f"LoraLoader at strength 1 differs from Train LoRA's MODEL by {difference}"
+
+
+@pytest.mark.parametrize("family", ["wan21_t2v", "hunyuan_video"])
+def test_2026_families_train_with_the_text_encoder_off_the_device(
+    comfy_lib, family_models, style_dataset_dir, tmp_path, family
+):
+    """Their text encoders (UMT5-XXL, LLaVA-Llama 3: multi-billion-parameter) are encoded once, then never resident."""
+    import torch
+
+    from lora_train.dataset.loading import load_dataset
+    from lora_train.dev.tiny_families import write_tiny_any
+    from lora_train.training import train_lora
+    from lora_train.training.config import TrainConfig
+    from tests.host.test_families import _WatchTextEncoder
+
+    model, clip, vae = write_tiny_any(family, family_models).load(family_models)
+    host = _WatchTextEncoder(model, clip, vae)
+    cfg = TrainConfig.from_dict(
+        {"rank": 4, "steps": 2, "batch_size": 1, "resolution": 64, "output_name": "te", "log_every": 1}
+    )
+    with torch.inference_mode():
+        result = train_lora(cfg, load_dataset(style_dataset_dir), host, tmp_path)
+    assert result.steps == 2 and all(np.isfinite(loss) for _, loss in result.loss_history)
+    assert host.text_encoder_loaded == [False, False], "the text encoder stayed loaded during training"
