@@ -41,8 +41,31 @@ WAN22_VAE_NAME = "tiny_taew22_vae.safetensors"
 # Wan: heads = dim / 128 and the text width is fixed at 4096 (UMT5-XXL): one 128-wide block.
 TINY_WAN = {"dim": 128, "ffn_dim": 256, "num_layers": 1, "text_dim": 4096, "freq_dim": 256}
 
-NEW_FAMILIES = ("sd35_large", "sd35_medium", "chroma", "flux2", "qwen_image", "hunyuan_video", "wan21_t2v", "wan22_5b")
+NEW_FAMILIES = (
+    "lumina2",
+    "zimage",
+    "sd35_large",
+    "sd35_medium",
+    "chroma",
+    "flux2",
+    "qwen_image",
+    "hunyuan_video",
+    "wan21_t2v",
+    "wan22_5b",
+)
 HUNYUAN_VAE_NAME = "tiny_taehv_hunyuan.safetensors"
+# Lumina 2 / Z-Image (NextDiT): the width fixes the rest (2304: Lumina 2, 3840: Z-Image); one layer beside the two
+# noise and two context refiner blocks; the caption width is read from the file (CLIP-L, 768).
+TINY_LUMINA2 = {
+    "patch_size": 2, "in_channels": 16, "dim": 2304, "n_layers": 1, "n_heads": 24, "n_kv_heads": 8,
+    "axes_dims": [32, 32, 32], "axes_lens": [300, 512, 512], "rope_theta": 10000.0, "ffn_dim_multiplier": 4.0,
+    "qk_norm": True, "cap_feat_dim": 768,
+}  # fmt: skip
+TINY_ZIMAGE = {
+    **TINY_LUMINA2, "dim": 3840, "n_heads": 30, "n_kv_heads": 30, "axes_dims": [32, 48, 48],
+    "axes_lens": [1536, 512, 512], "rope_theta": 256.0, "ffn_dim_multiplier": 8.0 / 3.0, "z_image_modulation": True,
+    "time_scale": 1000.0,
+}  # fmt: skip
 # HunyuanVideo: width read from img_in, heads = width / 128, text width from txt_in (CLIP-L, 768): ~2 M parameters.
 TINY_HUNYUAN_VIDEO = {
     "in_channels": 16, "out_channels": 16, "vec_in_dim": 768, "context_in_dim": 768, "hidden_size": 128,
@@ -77,6 +100,12 @@ _SD3_SPLIT = {"text_encoders": CLIP_L_NAME, "vae": TAESD16_NAME}
 
 _FLUX_SPLIT = {"text_encoders": CLIP_L_NAME, "vae": TAESD16_NAME}
 _MODELS = {
+    "lumina2": TinyModel(
+        "lumina2", "Lumina2", {"diffusion_models": "tiny_lumina2.safetensors", **_FLUX_SPLIT}, "stable_diffusion"
+    ),
+    "zimage": TinyModel(
+        "zimage", "ZImage", {"diffusion_models": "tiny_zimage.safetensors", **_FLUX_SPLIT}, "stable_diffusion"
+    ),
     # HunyuanVideo's VAE is a TAEHV stored in fp16 (ComfyUI tells HunyuanVideo's from Wan's taew by that dtype).
     "hunyuan_video": TinyModel(
         "hunyuan_video",
@@ -195,6 +224,17 @@ def _qwen_image_unet() -> dict[str, torch.Tensor]:
     return dict(model.state_dict())
 
 
+def _nextdit_unet(config: dict, part: str) -> dict[str, torch.Tensor]:
+    import comfy.ops
+    from comfy.ldm.lumina.model import NextDiT
+
+    model = NextDiT(
+        **_accepted(NextDiT.__init__, config), dtype=torch.bfloat16, operations=comfy.ops.disable_weight_init
+    )
+    _init_(model, _generator(part))
+    return dict(model.state_dict())
+
+
 def _hunyuan_video_unet() -> dict[str, torch.Tensor]:
     import comfy.ops
     from comfy.ldm.hunyuan_video.model import HunyuanVideo, HunyuanVideoParams
@@ -249,6 +289,8 @@ def _taew22() -> dict[str, torch.Tensor]:
 
 _PARTS: dict[tuple[str, str], Callable[[], dict[str, torch.Tensor]]] = {
     ("diffusion_models", "tiny_chroma.safetensors"): _chroma_unet,
+    ("diffusion_models", "tiny_lumina2.safetensors"): lambda: _nextdit_unet(TINY_LUMINA2, "lumina2"),
+    ("diffusion_models", "tiny_zimage.safetensors"): lambda: _nextdit_unet(TINY_ZIMAGE, "zimage"),
     ("diffusion_models", "tiny_hunyuan_video.safetensors"): _hunyuan_video_unet,
     ("vae", HUNYUAN_VAE_NAME): lambda: _taehv(16, torch.float16, "taehv_hunyuan"),
     ("diffusion_models", "tiny_qwen_image.safetensors"): _qwen_image_unet,

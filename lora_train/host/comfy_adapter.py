@@ -284,6 +284,11 @@ class ComfyHost:
         log.info("%s LoRA written in %s key naming", self.family, naming)
         if naming == "diffusers":
             return {"diffusers_pieces": diffusers_pieces(base)}
+        if naming == "diffusers_zimage":
+            return {
+                "diffusers_pieces": diffusers_pieces(base, "z_image_to_diffusers"),
+                "peft_prefix": "diffusion_model.",
+            }
         if naming == "diffusers_same":
             return {"diffusers_pieces": same_name_pieces(base.diffusion_model)}
         return {}

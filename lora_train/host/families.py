@@ -52,6 +52,12 @@ FAMILIES: dict[str, FamilySupport] = {
     "QwenImage": FamilySupport("qwen-image/lora", "diffusers_same", 4.0, encode_once=True),
     # Wan: kohya's layout over Wan's own module names (`lora_unet_blocks_0_self_attn_q`), as musubi-tuner writes it;
     # ComfyUI and diffusers' Wan loader read it. UMT5-XXL: encode once. Wan 2.2 A14B has 2.1's shapes (and class).
+    # Lumina 2: kohya's layout over its NextDiT names (`lora_unet_layers_0_attention_qkv`), as sd-scripts trains it.
+    # Gemma 2B: encode once.
+    "Lumina2": FamilySupport("lumina-2/lora", "kohya_ldm", 4.0, encode_once=True),
+    # Z-Image (incl. Turbo): diffusers' Z-Image names under `diffusion_model.` (qkv split into to_q/to_k/to_v), the
+    # layout ai-toolkit writes and diffusers' ZImage loader and ComfyUI's key map read. Qwen3 4B: encode once.
+    "ZImage": FamilySupport("z-image/lora", "diffusers_zimage", 1.0, encode_once=True),
     "WAN21_T2V": FamilySupport("wan-2.1-t2v/lora", "kohya_ldm", 5.0, encode_once=True),
     "WAN22_T2V": FamilySupport("wan-2.2-ti2v-5b/lora", "kohya_ldm", 5.0, encode_once=True),
 }

@@ -61,12 +61,13 @@ def to_comfyui_names(tensors: dict[str, torch.Tensor], paths: dict[str, str]) ->
     return out
 
 
-def diffusers_pieces(base) -> dict[str, list[tuple[str, Any, Any]]]:
-    """ComfyUI module path -> [(diffusers module path, (dim, start, size) rows or None, row function or None)] for
-    SD3's MMDiT, from ComfyUI's own key map (the one its LoRA loader reads diffusers files with)."""
+def diffusers_pieces(base, mapper: str = "mmdit_to_diffusers") -> dict[str, list[tuple[str, Any, Any]]]:
+    """ComfyUI module path -> [(diffusers module path, (dim, start, size) rows or None, row function or None)], from
+    ComfyUI's own key map (`comfy.utils.<mapper>`: SD3's MMDiT, Z-Image's NextDiT), the one its LoRA loader reads
+    diffusers files with."""
     import comfy.utils
 
-    mapping = comfy.utils.mmdit_to_diffusers(base.model_config.unet_config, output_prefix="")
+    mapping = getattr(comfy.utils, mapper)(base.model_config.unet_config, output_prefix="")
     pieces: dict[str, list[tuple[str, Any, Any]]] = {}
     for diffusers_key, target in mapping.items():
         if isinstance(target, str):

@@ -161,7 +161,9 @@ class ComfySession:
     def collate(self, conds: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         """Concatenate per-example ComfyUI conds (CONDRegular & co) into batch tensors on the device."""
         first = conds[0]
-        return {key: first[key].concat([c[key] for c in conds[1:]]).to(self.device) for key in first}
+        batch = {key: first[key].concat([c[key] for c in conds[1:]]) for key in first}
+        # CONDConstant values (Lumina 2's num_tokens) are plain numbers, shared by the batch.
+        return {key: value.to(self.device) if torch.is_tensor(value) else value for key, value in batch.items()}
 
     def sample_previews(self, cfg: TrainConfig) -> list:
         """One image per preview prompt: ComfyUI's own sampler on this patcher (the adapters are forward hooks on

@@ -17,6 +17,7 @@ ATTENTION_CONTAINERS = (
     "JointBlock",
     "DoubleStreamBlock",
     "SingleStreamBlock",
+    "JointTransformerBlock",  # Lumina 2 / Z-Image (NextDiT): layers and the noise / context refiners
 )
 CONV_CONTAINERS = ("ResBlock", "Downsample", "Upsample", "VideoResBlock")
 

@@ -27,6 +27,14 @@ def _kohya_flux(key: str) -> bool:  # kohya's Flux layout (BFL module names)
     return key.startswith(("lora_unet_double_blocks_", "lora_unet_single_blocks_"))
 
 
+LUMINA_BLOCKS = ("lora_unet_layers_", "lora_unet_noise_refiner_", "lora_unet_context_refiner_")
+
+
+def _zimage_peft(key: str) -> bool:  # ai-toolkit's Z-Image layout: diffusers names under diffusion_model.
+    blocks = ("diffusion_model.layers.", "diffusion_model.noise_refiner.", "diffusion_model.context_refiner.")
+    return key.startswith(blocks) and key.endswith((".lora_A.weight", ".lora_B.weight")) and ".qkv." not in key
+
+
 # Families with no tiny model on 0.3.75 (its detection pins Flux 2 at 48 heads; its TAEHV cannot encode).
 NEWER_HOST_ONLY = {"flux2": "0.3.75 pins Flux 2 at 48 heads (a 2.2 B model)"}
 
@@ -35,6 +43,12 @@ CASES = {
     "sd35_large": ("stable-diffusion-3.5-large/lora", _diffusers_peft, "SD3 LoRA written in diffusers key naming"),
     "sd35_medium": ("stable-diffusion-3.5-medium/lora", _diffusers_peft, "SD3 LoRA written in diffusers key naming"),
     "chroma": ("chroma/lora", _kohya_flux, "Chroma LoRA written in kohya_ldm key naming"),
+    "lumina2": (
+        "lumina-2/lora",
+        lambda k: k.startswith(LUMINA_BLOCKS),
+        "Lumina2 LoRA written in kohya_ldm key naming",
+    ),
+    "zimage": ("z-image/lora", _zimage_peft, "ZImage LoRA written in diffusers_zimage key naming"),
     "flux2": ("flux-2-dev/lora", _kohya_flux, "Flux2 LoRA written in kohya_ldm key naming"),
     "wan21_t2v": (
         "wan-2.1-t2v/lora",
@@ -65,7 +79,8 @@ def _train_and_reload(comfy, tiny_family, dataset_dir, family: str, **overrides)
     return result, loaded, keys, metadata, comfy.log_text()[log_start:]
 
 
-SLOW = {"chroma", "flux2"}  # ~2 min each on 2 CPU cores: Chroma is ~500 M parameters, Flux 2's VAE encoder 84 M
+# ~1-2 min each on 2 CPU cores: Chroma ~500 M parameters, Lumina 2 ~420 M, Z-Image ~900 M, Flux 2's VAE encoder 84 M
+SLOW = {"chroma", "flux2", "lumina2", "zimage"}
 
 
 @pytest.mark.parametrize("family", [pytest.param(f, marks=pytest.mark.slow) if f in SLOW else f for f in CASES])
