@@ -29,18 +29,24 @@ def find_images(root: Path):
 MASK_SUFFIX = "_mask"
 
 
-def split_masks(paths: list[Path]) -> tuple[list[Path], dict[Path, Path]]:
-    """(training images, image -> its `<stem>_mask.png`): a `x_mask.png` beside an image `x.*` is that image's
-    loss mask (kohya masked_loss), never a training image of its own."""
+CONTROL_SUFFIX = "_control"
+
+
+def split_masks(
+    paths: list[Path], suffix: str = MASK_SUFFIX, extensions: tuple[str, ...] = (".png",)
+) -> tuple[list[Path], dict[Path, Path]]:
+    """(training images, image -> its `<stem><suffix>` file): a `x_mask.png` beside an image `x.*` is that image's
+    loss mask (kohya masked_loss), a `x_control.*` its control/source image (edit models), never a training image
+    of its own."""
     by_stem = {(p.parent, p.stem): p for p in paths}
-    masks: dict[Path, Path] = {}
+    found: dict[Path, Path] = {}
     for path in paths:
-        if path.stem.endswith(MASK_SUFFIX) and path.suffix.lower() == ".png":
-            image = by_stem.get((path.parent, path.stem[: -len(MASK_SUFFIX)]))
+        if path.stem.endswith(suffix) and path.suffix.lower() in extensions:
+            image = by_stem.get((path.parent, path.stem[: -len(suffix)]))
             if image is not None:
-                masks[image] = path
-    kept = set(masks.values())
-    return [p for p in paths if p not in kept], masks
+                found[image] = path
+    kept = set(found.values())
+    return [p for p in paths if p not in kept], found
 
 
 def probe_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:

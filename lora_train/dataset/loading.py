@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from lora_train.dataset.buckets import BucketOptions, assign_buckets, bucket_counts, bucket_resolutions, buckets_with
 from lora_train.dataset.images import (
+    CONTROL_SUFFIX,
     DEFAULT_MAX_PIXELS,
     IMAGE_EXTENSIONS,
     DatasetError,
@@ -74,6 +75,7 @@ class ImageItem:
     frames: int = 0  # a video clip (lora_train.dataset.video): the frames it trains on; 0 = a still image
     fps: float = 0.0
     resample_fps: int = 0
+    control_path: Path | None = None  # `<stem>_control.*` beside the image: its source image (edit models)
 
     def load_oriented(self) -> Image.Image:
         """The image as stored (its mode and alpha kept), EXIF orientation applied; a clip's first frame."""
@@ -123,6 +125,7 @@ class DatasetReport:
     masks: int = 0  # images with a `<stem>_mask.png` beside them
     bucket_rules: str = ""  # how the buckets were chosen (BucketOptions.describe)
     clip_frames: dict[str, int] = field(default_factory=dict)  # video clips: frames trained on -> count
+    controls: int = 0  # images with a `<stem>_control.*` source image beside them (edit models)
 
     def summary(self, max_names: int = 10) -> str:
         """A human-readable report, naming at most `max_names` files per problem."""
@@ -136,6 +139,8 @@ class DatasetReport:
             lines.append(f"buckets{rules}: " + _top_counts(self.buckets, max_names))
         if self.clip_frames:
             lines.append("video clips by frames: " + _top_counts(self.clip_frames, max_names))
+        if self.controls:
+            lines.append(f"control images: {self.controls} image(s) have a _control source image (edit models)")
         if self.masks:
             lines.append(f"masks: {self.masks} image(s) have a _mask.png (used with masked_loss)")
         if self.missing_captions:
@@ -234,6 +239,7 @@ def load_dataset(cfg: DatasetConfig | str | os.PathLike, **overrides: Any) -> Lo
     report = DatasetReport()
     problems = _Problems(report, cfg.strict)
     image_paths, mask_paths = split_masks(list(find_images(root)))
+    image_paths, control_paths = split_masks(image_paths, CONTROL_SUFFIX, IMAGE_EXTENSIONS)
     csv_captions = _read_csv_captions(root, problems) if cfg.captions != "txt" else {}
     _warn_shared_sidecars(image_paths, report)
     items: list[ImageItem] = []
@@ -251,7 +257,8 @@ def load_dataset(cfg: DatasetConfig | str | os.PathLike, **overrides: Any) -> Lo
             caption = cfg.default_caption
         repeats = _repeats_for(path, root, cfg.repeats, report)
         mask = mask_paths.get(path)
-        item = ImageItem(caption, path, repeats=repeats, width=width, height=height, mask_path=mask)
+        item = ImageItem(caption, path, repeats=repeats, width=width, height=height, mask_path=mask,
+                         control_path=control_paths.get(path))  # fmt: skip
         items.append(clip_item(item, clip, cfg.fps) if clip else item)
     report.images = len(items)
     report.captions = sum(1 for item in items if item.caption)
@@ -259,6 +266,7 @@ def load_dataset(cfg: DatasetConfig | str | os.PathLike, **overrides: Any) -> Lo
     report.buckets = bucket_counts(buckets_with(items, cfg.resolution, cfg.bucket_options()))
     report.bucket_rules = cfg.bucket_options().describe(cfg.resolution)
     report.masks = sum(1 for item in items if item.mask_path is not None)
+    report.controls = sum(1 for item in items if item.control_path is not None)
     report.clip_frames = dict(Counter(str(item.frames) for item in items if item.frames))
     unknown = sorted(set(csv_captions) - {p.resolve() for p in image_paths})
     if unknown:

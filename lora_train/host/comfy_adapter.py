@@ -27,6 +27,7 @@ import torch
 
 from lora_train.dataset import LoraDataset, fit_to_bucket, load_frames
 from lora_train.host.compat import HostTooOld, check_host
+from lora_train.host.edit import check_references, control_item, with_references
 from lora_train.host.families import architecture, family_support, model_family, size_conditioning
 from lora_train.host.naming import diffusers_names, diffusers_pieces, same_name_pieces
 from lora_train.host.session import ComfySession, fresh_parameters, host_training_flag, protect_inplace_residuals
@@ -187,6 +188,7 @@ class ComfyHost:
         text-encode every distinct caption once."""
         self.check_config(cfg)
         self.check_clips(dataset)
+        check_references(self.model, self.family, dataset)
         self.guidance = cfg.guidance
         texts: dict[str, dict[str, Any]] = {}
         examples = []
@@ -202,21 +204,24 @@ class ComfyHost:
             for index, (item, bucket) in enumerate(zip(dataset.items, buckets, strict=True)):
                 raw = self._raw_latents(item, index, bucket, cache, vae_id)
                 latents = self.model.model.process_latent_in(raw).float().cpu()
+                control = control_item(item)
+                refs = [self._raw_latents(control, index, bucket, cache, vae_id)] if control else None
                 caption = caption_with_trigger(item.caption, cfg.trigger_word)
                 for text in (caption, ""):
                     if text not in texts:
                         texts[text] = self.encode_text(text)
                 self.check_cancel()
                 original = (item.width, item.height) if item.width > 0 and item.height > 0 else bucket
-                examples.append((latents, caption, item.repeats, size_conditioning(original, bucket)))
+                examples.append((latents, caption, item.repeats, size_conditioning(original, bucket), refs))
         if cache is not None:
             log.info("latent cache %s: %d reused, %d encoded", cache.folder, cache.hits, cache.misses)
         # Ordinary tensors (made outside inference mode, which every node runs in): autograd must save them.
         out = []
         with torch.inference_mode(False):
-            for latents, caption, repeats, size in examples:
+            for latents, caption, repeats, size, refs in examples:
                 latents = latents.clone()
-                conds = self.model_conds(texts[caption], latents, size), self.model_conds(texts[""], latents, size)
+                # Edit models see the source image with and without the caption (caption dropout keeps it).
+                conds = tuple(self.model_conds(with_references(texts[t], refs), latents, size) for t in (caption, ""))
                 out.append(Example(latents[0], *conds, repeats=repeats, caption=caption, size=size))
         return out
 

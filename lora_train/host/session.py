@@ -162,8 +162,9 @@ class ComfySession:
         """Concatenate per-example ComfyUI conds (CONDRegular & co) into batch tensors on the device."""
         first = conds[0]
         batch = {key: first[key].concat([c[key] for c in conds[1:]]) for key in first}
-        # CONDConstant values (Lumina 2's num_tokens) are plain numbers, shared by the batch.
-        return {key: value.to(self.device) if torch.is_tensor(value) else value for key, value in batch.items()}
+        # CONDConstant values (Lumina 2's num_tokens) are plain numbers, shared by the batch; CONDList values
+        # (edit models' ref_latents) lists of tensors.
+        return {key: _to(value, self.device) for key, value in batch.items()}
 
     def sample_previews(self, cfg: TrainConfig) -> list:
         """One image per preview prompt: ComfyUI's own sampler on this patcher (the adapters are forward hooks on
@@ -210,9 +211,20 @@ class ComfySession:
         x = x.to(dtype)
         if context is not None:
             context = context.to(dtype)
-        extra = {k: (v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in extra.items()}
+        extra = {k: _to(v, dtype=dtype) for k, v in extra.items()}
         t = base.process_timestep(timesteps.float(), x=noisy, **extra)
         return base.diffusion_model(x, t, context=context, control=None, transformer_options={}, **extra)
+
+
+def _to(value: Any, device: torch.device | None = None, dtype: torch.dtype | None = None) -> Any:
+    """A cond value (tensor, list of tensors, or plain value) on `device` / in float `dtype`."""
+    if isinstance(value, list):
+        return [_to(v, device, dtype) for v in value]
+    if not torch.is_tensor(value):
+        return value
+    if dtype is not None and value.is_floating_point():
+        value = value.to(dtype)
+    return value.to(device) if device is not None else value
 
 
 def _to_pil(pixels: torch.Tensor):

@@ -105,3 +105,69 @@ def test_qwen_image_file_loads_in_diffusers_with_every_key_and_the_same_weight_u
     for name in sorted(modules):  # the update diffusers adds is B @ A, the one ComfyUI's loader adds
         expected = tensors[f"transformer.{name}.lora_B.weight"] @ tensors[f"transformer.{name}.lora_A.weight"]
         torch.testing.assert_close(adapted[name].get_delta_weight("trained"), expected)
+
+
+@pytest.fixture
+def edit_pairs(style_dataset_dir, tmp_path):
+    """The style images, each with a `_control.png` source image (its colours inverted) and its caption."""
+    import shutil
+
+    from PIL import Image, ImageOps
+
+    folder = tmp_path / "pairs"
+    folder.mkdir()
+    for image in sorted(style_dataset_dir.glob("*.png"))[:4]:
+        shutil.copyfile(image, folder / image.name)
+        shutil.copyfile(image.with_suffix(".txt"), folder / f"{image.stem}.txt")
+        with Image.open(image) as opened:
+            ImageOps.invert(opened.convert("RGB")).save(folder / f"{image.stem}_control.png")
+    return folder
+
+
+def test_qwen_image_edit_trains_on_pairs_with_the_source_as_reference_latents(qwen_trained, edit_pairs, tmp_path):
+    model, text, vae, _, _ = qwen_trained
+    dataset = load_dataset(edit_pairs)
+    assert len(dataset.items) == 4 and all(item.control_path is not None for item in dataset.items)
+    host = ComfyHost(model, text, vae)
+    cfg = TrainConfig.from_dict({"rank": 4, "steps": 2, "resolution": 64, "output_name": "edit"})
+    with torch.inference_mode():
+        examples = host.encode_examples(dataset, cfg)
+    (reference,) = examples[0].cond["ref_latents"].cond
+    assert reference.shape == (1, 16, 1, 8, 8) and not torch.equal(reference[0], examples[0].latents)
+    assert "ref_latents" in examples[0].empty_cond, "caption dropout keeps the source image"
+
+    seen = []
+    hook = model.model.diffusion_model.register_forward_pre_hook(
+        lambda _m, _a, kwargs: seen.append(len(kwargs.get("ref_latents") or [])), with_kwargs=True
+    )
+    try:
+        with torch.inference_mode():
+            result = train_lora(cfg, dataset, host, tmp_path)
+    finally:
+        hook.remove()
+    assert result.steps == 2 and seen and set(seen) == {1}, "every training forward saw the source image"
+
+
+def test_control_images_are_refused_where_they_cannot_train_before_work(
+    qwen_trained, tiny_checkpoint, edit_pairs, style_dataset_dir, tmp_path
+):
+    from lora_train.training import TrainingError
+
+    cfg = TrainConfig.from_dict({"rank": 4, "steps": 1, "resolution": 64, "output_name": "refused"})
+    sd15 = ComfyHost(*tiny_checkpoint)
+    with pytest.raises(TrainingError, match=r"_control.png: a control image, but SD15 takes no reference images"):
+        train_lora(cfg, load_dataset(edit_pairs), sd15, tmp_path / "a")
+    model, text, vae, _, _ = qwen_trained
+    (edit_pairs / sorted(p.name for p in edit_pairs.glob("*_control.png"))[0]).unlink()
+    with pytest.raises(TrainingError, match=r"no control image beside it \(1 image\(s\) lack one\)"):
+        train_lora(cfg, load_dataset(edit_pairs), ComfyHost(model, text, vae), tmp_path / "b")
+    unet = model.model.model_config.unet_config
+    before = dict(unet)
+    unet["default_ref_method"] = "index_timestep_zero"  # what ComfyUI detects for Qwen-Image-Edit 2511
+    try:
+        with pytest.raises(TrainingError, match=r"is an edit model .* needs its control/source image"):
+            train_lora(cfg, load_dataset(style_dataset_dir), ComfyHost(model, text, vae), tmp_path / "c")
+    finally:
+        unet.clear()
+        unet.update(before)
+    assert not any((tmp_path / d).exists() and list((tmp_path / d).iterdir()) for d in "abc"), "nothing written"
