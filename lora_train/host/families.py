@@ -67,11 +67,28 @@ FAMILIES: dict[str, FamilySupport] = {
 GENERIC_PREVIEW_CFG = 4.0
 
 
+# Families that sample only with conditioning the trainer does not build yet (a start image, control video, audio):
+# the generic path would feed them text alone and fail inside the model, so they are refused by name.
+NEEDS_CONDITIONING = {
+    "WAN21_I2V": "its start-image conditioning (clip vision + the first frame)",
+    "WAN21_FunControl2V": "its control video",
+    "WAN21_Vace": "its VACE control inputs",
+    "WAN22_S2V": "its audio conditioning",
+    "WAN22_Animate": "its pose and face conditioning",
+}
+
+
 def family_support(model, family: str) -> FamilySupport:
     """The family's entry, or the generic path for any other model ComfyUI detects and can sample. Refuses, naming
     the family, a model that cannot train: no noise schedule (`model_sampling`: an inference-only model)."""
     if family in FAMILIES:
         return FAMILIES[family]
+    if family in NEEDS_CONDITIONING:
+        raise TrainingError(
+            f"ComfyUI detected this model as {family}: training it needs {NEEDS_CONDITIONING[family]}, which Train "
+            "LoRA does not build yet. Train on the text-to-video model of the same release instead. Nothing was "
+            "trained."
+        )
     base = model.model
     if getattr(base, "model_sampling", None) is None or not isinstance(base.diffusion_model, torch.nn.Module):
         raise TrainingError(
