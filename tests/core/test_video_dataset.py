@@ -67,3 +67,19 @@ def test_a_clip_that_cannot_be_decoded_is_named_and_mp4_resamples_to_fps(tmp_pat
     assert item.frames == 5 and item.fps == 8.0
     assert len(load_frames(item)) == 5
     assert load_dataset(tmp_path).items[0].frames == 21, "its own rate: 24 frames -> 21"
+
+
+def test_a_clips_latent_cache_key_covers_its_files_and_the_frames_it_trains_on(tmp_path):
+    from lora_train.training import image_digest
+
+    folder = tmp_path / "walk.frames"
+    folder.mkdir()
+    for index, frame in enumerate(style_frames(1, 9, 32)):
+        frame.save(folder / f"{index:04d}.png")
+    (tmp_path / "walk.txt").write_text("redstyle", encoding="utf-8")
+    nine, five = load_dataset(tmp_path).items[0], load_dataset(tmp_path, frames=5).items[0]
+    assert image_digest(nine) == image_digest(load_dataset(tmp_path).items[0]), "stable across loads"
+    assert image_digest(nine) != image_digest(five), "the frames trained on are part of the key"
+    before = image_digest(nine)
+    style_frames(2, 1, 32)[0].save(folder / "0008.png")  # one frame edited
+    assert image_digest(load_dataset(tmp_path).items[0]) != before
