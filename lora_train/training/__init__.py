@@ -28,6 +28,7 @@ EXPORTS = {
     "loss_chart": "plot",
     "save_lora": "lora_io",
     "training_buckets": "data",
+    "transformer_blocks": "block_swap",
     "tensorboard_available": "tensorboard_log",
     "load_lora": "lora_io",
     "OPTIMIZERS": "optim",
