@@ -36,6 +36,8 @@ EXPORTS = {
     "make_optimizer": "optim",
     "make_scheduler": "optim",
     "ResumeState": "resume",
+    "Streams": "resume",
+    "capture_streams": "resume",
     "ResumeError": "resume",
     "load_state": "resume",
     "save_state": "resume",
