@@ -9,6 +9,7 @@ import pytest
 
 from lora_train.llm import ClipLoraConfig, LlmDataError, load_pairs
 from lora_train.settings import SettingsError
+from tests.conftest import load_extension
 
 ANSWER = {"role": "assistant", "content": "A cat."}
 
@@ -73,8 +74,6 @@ def test_settings_are_checked():
 
 
 def test_node_face_has_clip_data_and_every_setting():
-    from tests.conftest import load_extension
-
     node = load_extension().NODE_CLASS_MAPPINGS["LoraTrain_TrainLLMLoRA"]
     required = node.INPUT_TYPES()["required"]
     assert list(required)[:3] == ["clip", "train_data", "text"]

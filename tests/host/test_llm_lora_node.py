@@ -11,6 +11,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+# Imported at collection, before ComfyUI's root goes first on sys.path (0.3.75's tree has its own `tests` package).
+from tests.conftest import load_extension
+
 pytestmark = pytest.mark.host
 
 EXAMPLES = [
@@ -64,8 +67,6 @@ def llm_clip(comfy_lib):
 
 @pytest.fixture(scope="module")
 def trained(llm_clip, comfy_folders):
-    from tests.conftest import load_extension
-
     node = load_extension().NODE_CLASS_MAPPINGS["LoraTrain_TrainLLMLoRA"]()
     with torch.inference_mode():  # nodes execute under inference mode
         return node.execute(llm_clip, train_data="", text=TEXT, **WIDGETS)
@@ -131,17 +132,30 @@ def test_an_overlong_example_is_refused_by_line_before_training(llm_clip, comfy_
     assert not (comfy_folders / "loras" / "too_long.safetensors").exists()
 
 
+def _run_node_on(clip, output_name: str):
+    node = load_extension().NODE_CLASS_MAPPINGS["LoraTrain_TrainLLMLoRA"]()
+    with torch.inference_mode():
+        return node.execute(clip, train_data="", text=TEXT, **{**WIDGETS, "output_name": output_name})
+
+
 def test_a_clip_that_cannot_generate_is_refused_by_name(comfy_lib, tiny_checkpoint, comfy_folders):
-    from lora_train.host.llm_train import train_clip_lora
-    from lora_train.llm import ClipLoraConfig, load_pairs
     from lora_train.training import TrainingError
 
-    _, clip, _ = tiny_checkpoint
-    cfg = ClipLoraConfig.from_dict({**WIDGETS, "output_name": "refused"})
-    if _has_text_generation():
-        expected = r"this CLIP \(SD1ClipModel \(clip_l: CLIPTextModel\)\) is not a language model"
-    else:  # 0.3.75: the host itself is refused first
-        expected = r"this ComfyUI \(0\.3\.75\) has no Generate Text node \(TextGenerate\)"
+    if not _has_text_generation():
+        pytest.skip("this ComfyUI has no Generate Text node: the host is refused first (next test)")
+    expected = r"this CLIP \(SD1ClipModel \(clip_l: CLIPTextModel\)\) is not a language model: it has no generate"
     with pytest.raises(TrainingError, match=expected):
-        train_clip_lora(clip, load_pairs("", TEXT), cfg, comfy_folders / "loras")
+        _run_node_on(tiny_checkpoint[1], "refused")
+    assert not (comfy_folders / "loras" / "refused.safetensors").exists()
+
+
+def test_a_comfyui_without_generate_text_is_named(comfy_lib, tiny_checkpoint, comfy_folders):
+    from lora_train.host.compat import comfyui_version
+    from lora_train.training import TrainingError
+
+    if _has_text_generation():
+        pytest.skip("this ComfyUI has the Generate Text node (0.3.75 has none)")
+    expected = rf"this ComfyUI \({comfyui_version()}\) has no Generate Text node \(TextGenerate\).*Nothing was trained"
+    with pytest.raises(TrainingError, match=expected):
+        _run_node_on(tiny_checkpoint[1], "refused")
     assert not (comfy_folders / "loras" / "refused.safetensors").exists()
