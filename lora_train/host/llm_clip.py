@@ -86,26 +86,30 @@ def describe(cond_stage_model: torch.nn.Module) -> str:
 
 
 def find_llm(clip) -> ClipLlm:
-    """The CLIP's language model; a CLIP that cannot generate text (CLIP-L, T5, ...) is refused by name."""
+    """The CLIP's language model; a CLIP that cannot generate text (CLIP-L, T5, ...) is refused by name, and so is one
+    whose generate takes another path than SDClipModel.generate (training would not match what it generates)."""
     import comfy.sd1_clip
 
     model = clip.cond_stage_model
     name = getattr(model, "clip", None)
     encoder = getattr(model, name, None) if isinstance(name, str) else None
     transformer = getattr(encoder, "transformer", None)
-    if transformer is None or not callable(getattr(transformer, "generate", None)):
+    decoder = getattr(transformer, "model", None)
+    llm_generates = callable(getattr(transformer, "generate", None))
+    own_top = callable(getattr(model, "generate", None)) and not isinstance(model, comfy.sd1_clip.SD1ClipModel)
+    if not llm_generates and not own_top:
         raise TrainingError(
             f"this CLIP ({describe(model)}) is not a language model: it has no generate method, so Generate Text "
             "cannot run it and there is no LLM to train. Connect a CLIP whose text encoder is an LLM (Load CLIP with "
-            "a Qwen3, Qwen2.5-VL, Gemma or Mistral-family text encoder). Nothing was trained."
+            "a Qwen3 text encoder, for example). Nothing was trained."
         )
-    decoder = getattr(transformer, "model", None)
-    own_generate = getattr(type(encoder), "generate", None) is not comfy.sd1_clip.SDClipModel.generate
+    own_generate = own_top or getattr(type(encoder), "generate", None) is not comfy.sd1_clip.SDClipModel.generate
     if own_generate or not isinstance(decoder, torch.nn.Module) or not callable(getattr(transformer, "logits", None)):
         raise TrainingError(
-            f"this CLIP's language model ({describe(model)}) generates text its own way (multimodal positions or a "
-            "custom decoder), which Train LLM LoRA does not support yet; text LLM encoders that ComfyUI runs "
-            "through SDClipModel.generate (Qwen3 0.6B-8B, Qwen2.5-VL, Gemma 2, Ministral) are. Nothing was trained."
+            f"this CLIP's language model ({describe(model)}) generates text its own way (its own generate: "
+            "multimodal positions, other stop tokens or a composite encoder), which Train LLM LoRA does not support "
+            "yet; LLM encoders that ComfyUI runs through SDClipModel.generate (Qwen3, for example) are. Nothing was "
+            "trained."
         )
     return ClipLlm(clip, name, encoder, transformer, decoder)
 
