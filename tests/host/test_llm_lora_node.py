@@ -121,6 +121,28 @@ def test_lora_loader_applies_every_key_to_the_base_clip_and_reproduces_the_node_
     assert _generate(loaded, "cat") == "A sleepy cat naps."
 
 
+def test_cancel_writes_nothing_and_leaves_the_base_clip_as_it_was(llm_clip, comfy_folders):
+    import comfy.model_management as mm
+
+    from lora_train.host.llm_train import train_clip_lora
+    from lora_train.llm import ClipLoraConfig, load_pairs
+
+    before = _generate(llm_clip, "fox")
+    cfg = ClipLoraConfig.from_dict({**WIDGETS, "output_name": "cancelled", "steps": 5})
+    seen = []
+
+    def cancel_at_step_2(progress: dict) -> None:
+        seen.append(progress["step"])
+        if progress["step"] == 2:
+            mm.interrupt_current_processing(True)  # the Cancel button; the next step's check raises
+
+    with pytest.raises(mm.InterruptProcessingException), torch.inference_mode():
+        train_clip_lora(llm_clip, load_pairs("", TEXT), cfg, comfy_folders / "loras", report=cancel_at_step_2)
+    assert seen == [1, 2]
+    assert not (comfy_folders / "loras" / "cancelled.safetensors").exists()
+    assert _generate(llm_clip, "fox") == before  # no adapter left hooked on ComfyUI's layers
+
+
 def test_an_overlong_example_is_refused_by_line_before_training(llm_clip, comfy_folders):
     from lora_train.host.llm_train import train_clip_lora
     from lora_train.llm import ClipLoraConfig, load_pairs
