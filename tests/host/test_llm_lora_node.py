@@ -121,6 +121,20 @@ def test_lora_loader_applies_every_key_to_the_base_clip_and_reproduces_the_node_
     assert _generate(loaded, "cat") == "A sleepy cat naps."
 
 
+def test_dora_trains_and_comfyui_applies_it_as_trained(llm_clip, comfy_folders):
+    from lora_train.host.llm_train import apply_clip_lora, train_clip_lora
+    from lora_train.llm import ClipLoraConfig, load_pairs
+
+    cfg = ClipLoraConfig.from_dict({**WIDGETS, "output_name": "tiny_llm_dora", "network": "dora", "batch_size": 2})
+    two = load_pairs("", "\n".join(TEXT.splitlines()[:2]))
+    with torch.inference_mode():
+        result = train_clip_lora(llm_clip, two, cfg, comfy_folders / "loras")
+        clip_out = apply_clip_lora(llm_clip, result.tensors)
+    assert sum(key.endswith(".dora_scale") for key in result.tensors) == 2 * 7
+    assert len(clip_out.patcher.patches) == 2 * 7
+    assert [_generate(clip_out, p) for p in ("fox", "cat")] == ["The quick brown fox jumps.", "A sleepy cat naps."]
+
+
 def test_cancel_writes_nothing_and_leaves_the_base_clip_as_it_was(llm_clip, comfy_folders):
     import comfy.model_management as mm
 
