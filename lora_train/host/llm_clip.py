@@ -192,10 +192,11 @@ def trainable(llm: ClipLlm) -> Iterator[None]:
         yield
 
 
-def response_loss(llm: ClipLlm, ids: torch.Tensor, labels: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def response_loss(
+    llm: ClipLlm, ids: torch.Tensor, labels: torch.Tensor, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
     """Mean cross-entropy of the response tokens: embeddings as process_tokens makes them, the decoder as generate
     runs it (no mask: padding is on the right, after every trained position), the model's own logits head."""
-    device = next(llm.decoder.parameters()).device
     ids, labels = ids.to(device), labels.to(device)
     embeds = llm.transformer.get_input_embeddings()(ids, out_dtype=torch.float32).to(dtype)
     hidden = llm.decoder(None, embeds=embeds, attention_mask=None)[0]

@@ -146,7 +146,7 @@ def train_clip_lora(
         with adapters.attached():
             for step, batch in enumerate(batches(len(examples), cfg.batch_size, cfg.steps, cfg.seed), start=1):
                 ids, labels = collate([examples[i] for i in batch], llm.pad_token())
-                loss = response_loss(llm, ids, labels, dtype)
+                loss = response_loss(llm, ids, labels, device, dtype)
                 loss.backward()
                 if cfg.max_grad_norm > 0:
                     torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
