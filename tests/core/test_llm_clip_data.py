@@ -81,3 +81,23 @@ def test_node_face_has_clip_data_and_every_setting():
     assert required["network"][1]["advanced"] is True and "advanced" not in required["steps"][1]
     assert node.RETURN_TYPES == ("CLIP", "STRING", "LOSS_MAP")
     assert load_extension().NODE_DISPLAY_NAME_MAPPINGS["LoraTrain_TrainLLMLoRA"] == "Train LLM LoRA"
+
+
+def test_publish_card_of_a_text_encoder_lora_says_to_use_it_with_generate_text(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from lora_train.release import PublishConfig, publish_lora
+
+    lora = tmp_path / "tiny_llm_lora.safetensors"
+    tensors = {"lora_te_layers_0_self_attn_q_proj.lora_down.weight": torch.ones(4, 16),
+               "lora_te_layers_0_self_attn_q_proj.lora_up.weight": torch.zeros(16, 4),
+               "lora_te_layers_0_self_attn_q_proj.alpha": torch.tensor(4.0)}  # fmt: skip
+    metadata = {"lora_train.kind": "comfyui_text_encoder_lora", "lora_train.base_model": "AnimaTEModel_ "
+                "(qwen3_06b: Qwen3_06B)", "ss_network_dim": "4", "ss_sd_model_name": "Qwen3_06B"}  # fmt: skip
+    save_file(tensors, str(lora), metadata=metadata)
+    cfg = PublishConfig.from_dict({"name": "fox_answers", "date": "2026-01-02", "recommended_weight": 1.0})
+    card = publish_lora(cfg, lora, tmp_path / "rel").readme_path.read_text()
+    assert "### ComfyUI (Generate Text)" in card and "(qwen3_06b: Qwen3_06B)" in card
+    assert "`strength_clip` to 1 and `strength_model` to 0" in card
+    assert "AUTOMATIC1111" not in card and "<lora:" not in card
