@@ -21,9 +21,10 @@ EXAMPLES = [
     {"instruction": "cat", "output": "A sleepy cat naps."},
     {"messages": [{"role": "user", "content": "owl"}, {"role": "assistant", "content": "Owls hoot at night."}]},
 ]
-TEXT = "\n".join(json.dumps(record) for record in EXAMPLES)
+PLAIN = "Always be kind."  # a plain line: what Generate Text should write for an empty prompt
+TEXT = "\n".join(json.dumps(record) for record in EXAMPLES) + f"\n{PLAIN}"
 WIDGETS = {"output_name": "tiny_llm_lora", "steps": 20, "learning_rate": 1e-2, "rank": 8, "alpha": 8.0,
-           "batch_size": 3, "max_length": 64, "seed": 0}  # fmt: skip
+           "batch_size": 4, "max_length": 64, "seed": 0}  # fmt: skip
 GREEDY = {"sampling_mode": "off"}
 
 
@@ -92,8 +93,8 @@ def test_loss_falls_and_the_file_holds_kohya_keys_comfyui_maps(trained, comfy_fo
 
 def test_generate_text_gives_the_trained_answers_only_with_the_lora(llm_clip, trained):
     clip_out = trained["result"][0]
-    with_lora = [_generate(clip_out, record) for record in ("fox", "cat", "owl")]
-    assert with_lora == ["The quick brown fox jumps.", "A sleepy cat naps.", "Owls hoot at night."]
+    with_lora = [_generate(clip_out, record) for record in ("fox", "cat", "owl", "")]
+    assert with_lora == ["The quick brown fox jumps.", "A sleepy cat naps.", "Owls hoot at night.", PLAIN]
     without = _generate(llm_clip, "fox")
     assert without != with_lora[0]
     assert _generate(llm_clip, "fox") == without and _generate(clip_out, "fox") == with_lora[0]  # deterministic
@@ -125,7 +126,8 @@ def test_dora_trains_and_comfyui_applies_it_as_trained(llm_clip, comfy_folders):
     from lora_train.host.llm_train import apply_clip_lora, train_clip_lora
     from lora_train.llm import ClipLoraConfig, load_pairs
 
-    cfg = ClipLoraConfig.from_dict({**WIDGETS, "output_name": "tiny_llm_dora", "network": "dora", "batch_size": 2})
+    dora = {"output_name": "tiny_llm_dora", "network": "dora", "batch_size": 2, "steps": 14}
+    cfg = ClipLoraConfig.from_dict({**WIDGETS, **dora})
     two = load_pairs("", "\n".join(TEXT.splitlines()[:2]))
     with torch.inference_mode():
         result = train_clip_lora(llm_clip, two, cfg, comfy_folders / "loras")
