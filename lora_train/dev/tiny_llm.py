@@ -24,6 +24,10 @@ LAYERS = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "n
           # Wide initial weights: with the default 0.02 a width-32 model's logits stay within about +-0.6 whatever the
           # adapters do (the output head and norms are frozen), so no test could see memorisation.
           "initializer_range": 0.3}  # fmt: skip
+# For QLoRA tests: bitsandbytes' CPU inference kernel (eval mode, no grad, on a CPU with AVX512-BF16) repacks each
+# 4-bit weight and needs in_features a multiple of its 64-value blocks and out_features a multiple of 32 (as every
+# real model's are); width 32 with 8-wide heads fails there with "shape '[32, 0]' is invalid" (0.50.2).
+QLORA_LAYERS = {**LAYERS, "hidden_size": 64, "intermediate_size": 128, "head_dim": 16}
 FAMILIES = ("llama", "glm", "glm4")
 
 
@@ -50,9 +54,15 @@ def write_tiny_tokenizer(folder: str | Path, *, chat_template: str | None = CHAT
 
 
 def write_tiny_llm(
-    folder: str | Path, family: str = "llama", *, seed: int = 0, chat_template: str | None = CHAT_TEMPLATE
+    folder: str | Path,
+    family: str = "llama",
+    *,
+    seed: int = 0,
+    chat_template: str | None = CHAT_TEMPLATE,
+    layers: dict | None = None,
 ) -> Path:
-    """A tiny random causal LM of `family` (llama, glm, glm4) with its tokenizer, saved as safetensors in `folder`."""
+    """A tiny random causal LM of `family` (llama, glm, glm4) with its tokenizer, saved as safetensors in `folder`;
+    `layers`: the shape settings (default LAYERS with 8-wide heads; QLORA_LAYERS for 4-bit tests)."""
     import torch
     import transformers
 
@@ -66,7 +76,7 @@ def write_tiny_llm(
     }[family]
     ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
            "pad_token_id": tokenizer.pad_token_id}  # fmt: skip
-    config = config_class(vocab_size=len(tokenizer), head_dim=8, **LAYERS, **ids)
+    config = config_class(vocab_size=len(tokenizer), **{"head_dim": 8, **(layers or LAYERS)}, **ids)
     torch.manual_seed(seed)
     model_class(config).save_pretrained(str(folder))
     return Path(folder)
