@@ -144,3 +144,38 @@ def test_a_bitsandbytes_without_cpu_4bit_kernels_is_refused_naming_the_version(t
     with pytest.raises(LlmModelError, match=r"on the CPU needs bitsandbytes >= 0\.46 .* has bitsandbytes 0\.45\.5"):
         train_causal_lm(LlmTrainConfig(**FAST), _paths(model_dir, data, tmp_path / "out"))
     assert not (tmp_path / "out").exists()
+
+
+def test_an_interrupted_qlora_run_resumes_to_the_same_adapter(trained, tmp_path):
+    from safetensors.torch import load_file
+
+    model_dir, data, _ = trained("llama")
+    cfg = LlmTrainConfig(steps=6, save_steps=3, **{**FAST, "dropout": 0.1, "batch_size": 2, "log_every": 1})
+    straight = train_causal_lm(cfg, _paths(model_dir, data, tmp_path / "straight"))
+
+    def interrupt(progress):  # Ctrl-C after step 4: the state saved at step 3 continues
+        if progress.step == 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_causal_lm(cfg, _paths(model_dir, data, tmp_path / "resumed"), report=interrupt)
+    resumed = train_causal_lm(cfg, _paths(model_dir, data, tmp_path / "resumed"))
+    want = load_file(str(straight.adapter_dir / ADAPTER_WEIGHTS))
+    got = load_file(str(resumed.adapter_dir / ADAPTER_WEIGHTS))
+    assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+    assert resumed.loss_history == straight.loss_history
+
+
+def test_gradient_checkpointing_under_qlora_trains_the_same_adapter(trained, tmp_path):
+    from safetensors.torch import load_file
+
+    model_dir, data, _ = trained("llama")
+    tensors = {}
+    for checkpointing in (False, True):
+        cfg = LlmTrainConfig(steps=3, gradient_checkpointing=checkpointing, **FAST)
+        result = train_causal_lm(cfg, _paths(model_dir, data, tmp_path / str(checkpointing)))
+        tensors[checkpointing] = load_file(str(result.adapter_dir / ADAPTER_WEIGHTS))
+    assert tensors[True].keys() == tensors[False].keys()
+    for key, value in tensors[False].items():
+        torch.testing.assert_close(tensors[True][key], value, rtol=0, atol=1e-6)
+    assert any(bool(v.abs().sum() > 0) for k, v in tensors[True].items() if "lora_B" in k)  # B moved off zero
