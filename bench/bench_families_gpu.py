@@ -4,7 +4,7 @@ What it measures, per case, each in its own process (clean peak memory): peak VR
 (torch.cuda.max_memory_allocated, and max_memory_reserved beside it, in GiB; model load, adapters, AdamW state and
 activations included), the median seconds per step after `--warmup` steps, the stored weight dtype of the base
 model while it trains, and the adapters' dtype. Targets (a 12 GB / 24 GB card holds 12 / 24 GiB): SDXL LoRA
-<= 12 GiB, Flux LoRA with an fp8 base <= 24 GiB.
+<= 12 GiB, Flux LoRA with an fp8 base <= 24 GiB, and <= 12 GiB with `blocks_to_swap` on a 12 GiB card.
 
 - `sdxl`: a full-size SDXL UNet (ComfyUI's SDXL unet_config: model_channels 320, channel_mult 1,2,4, transformer
   depths 0,0,2,2,10,10, middle 10, context 2048, adm 2816; 2.57 B parameters), bf16 weights.
@@ -12,6 +12,11 @@ model while it trains, and the adapters' dtype. Targets (a 12 GB / 24 GB card ho
   embedding; 11.9 B parameters) stored as float8_e4m3fn, as UNETLoader's weight_dtype fp8_e4m3fn loads it
   (`model_options={"dtype": torch.float8_e4m3fn}`): ComfyUI keeps the fp8 weights and casts each layer to bf16
   as it runs. `flux_bf16` (not run by default) is the same model with bf16 weights, for comparison.
+- `flux_fp8_swap`: `flux_fp8` on an emulated 12 GiB card, with `blocks_to_swap` 38 (the single blocks live in CPU
+  memory and are copied in while they run). The card is emulated twice over: torch may allocate at most 12 GiB
+  (torch.cuda.set_per_process_memory_fraction; more is an out-of-memory error, as on the card), and ComfyUI's
+  memory manager reserves the rest of the device, so it loads the model partially as it would on that card.
+  Compare its peak with `flux_fp8`'s (the resident model): the memory both ways.
 
 - 2026 families (`CASES_2026`, not run by default): `qwen_image_fp8` (Qwen-Image 20.4 B, fp8 base, 1024 px,
   target <= 24 GiB), `flux2_fp8` (Flux 2 dev 32 B, fp8 base, 1024 px, measured), `wan22_5b` (Wan 2.2 TI2V 5B,
@@ -57,7 +62,7 @@ import torch
 from bench_train_gpu import SEED, _comfyui, _memory, _reset_peak, _sync, bench_settings
 
 from lora_train.dev.tiny_families import TINY_FLUX2, TINY_WAN
-from lora_train.dev.tiny_models import TINY_FLUX, TINY_SDXL_UNET
+from lora_train.dev.tiny_models import TINY_FLUX, TINY_SDXL_UNET, flux1_params
 
 # Full SDXL (ComfyUI's model_detection SDXL config); the tiny one is the smallest ComfyUI still detects as SDXL.
 FULL_SDXL_UNET = {
@@ -88,14 +93,17 @@ class Case:
     pooled: int  # pooled vector width
     tokens: int  # text tokens at full size
     target_gib: float | None
+    blocks_to_swap: int = 0  # transformer blocks kept in CPU memory (tiny models: at most the blocks they have)
+    card_gib: float | None = None  # emulate a card of this size on a larger device
 
 
 CASES = {
     "sdxl": Case("SDXL", "bf16", 2048, 1280, 77, 12.0),
     "flux_fp8": Case("Flux", "fp8_e4m3fn", 4096, 768, 512, 24.0),
     "flux_bf16": Case("Flux", "bf16", 4096, 768, 512, None),
+    "flux_fp8_swap": Case("Flux", "fp8_e4m3fn", 4096, 768, 512, 12.0, blocks_to_swap=38, card_gib=12.0),
 }
-DEFAULT_CASES = "sdxl,flux_fp8"
+DEFAULT_CASES = "sdxl,flux_fp8,flux_fp8_swap"
 
 
 @dataclass(frozen=True)
@@ -153,7 +161,7 @@ def _architecture(case: Case, tiny: bool) -> torch.nn.Module:
     from comfy.ldm.flux.model import Flux
 
     config = SMOKE_FLUX if tiny else FULL_FLUX
-    return Flux(**config, guidance_embed=True, dtype=torch.bfloat16, device=meta, operations=ops)
+    return Flux(**flux1_params(config, guidance=True), dtype=torch.bfloat16, device=meta, operations=ops)
 
 
 def _architecture_2026(case: ShapedCase, config: dict, ops, meta: torch.device) -> torch.nn.Module:
@@ -226,6 +234,16 @@ def random_encoded(latent_channels: int, resolution: int, tokens: int, case: Cas
 
 
 # ---- the worker --------------------------------------------------------------------------------------------------
+def emulate_card(card_gib: float, device: torch.device) -> None:
+    """Make `device` behave as a card of `card_gib` GiB: torch allocates no more, ComfyUI plans for no more."""
+    import comfy.model_management as mm
+
+    total = torch.cuda.get_device_properties(device).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, card_gib * 2**30 / total), device)
+    mm.EXTRA_RESERVED_VRAM += max(0, total - int(card_gib * 2**30))
+    print(f"emulating a {card_gib:g} GiB card on a {total / 2**30:.0f} GiB device", file=sys.stderr)
+
+
 def _dtypes_gib(module: torch.nn.Module) -> dict[str, float]:
     """GiB of the module's parameters by stored dtype."""
     out: dict[str, float] = {}
@@ -265,6 +283,8 @@ def worker(case: Case, sizes: dict, steps: int, warmup: int) -> dict:
     from lora_train.training import Example, TrainConfig, train_lora
 
     device = mm.get_torch_device()
+    if case.card_gib and device.type == "cuda":
+        emulate_card(case.card_gib, device)
     started = time.perf_counter()
     with torch.inference_mode():  # as UNETLoader runs
         model, parameters = build_model(case, sizes["tiny"], device)
@@ -293,6 +313,11 @@ def worker(case: Case, sizes: dict, steps: int, warmup: int) -> dict:
     host = BenchHost(model, clip, types.SimpleNamespace())
     host.stamps = []
     values = bench_settings(sizes, optimizer="adamw", gradient_checkpointing=True, steps=steps)
+    if case.blocks_to_swap:
+        from lora_train.training import transformer_blocks
+
+        blocks = len(transformer_blocks(model.model.diffusion_model))
+        values["blocks_to_swap"] = min(case.blocks_to_swap, blocks)
     dataset = dataset_from_images(torch.zeros(1, 8, 8, 3), ["bench"])
     _reset_peak(device)
     with tempfile.TemporaryDirectory() as out, torch.inference_mode():
@@ -318,6 +343,8 @@ def worker(case: Case, sizes: dict, steps: int, warmup: int) -> dict:
         **memory,
         "peak_reserved_gib": reserved,
         "target_gib": case.target_gib,
+        "blocks_to_swap": values.get("blocks_to_swap", 0),
+        "card_gib": case.card_gib,
         "within_target": None if peak is None or case.target_gib is None else peak <= case.target_gib,
         "device": str(device),
     }
@@ -349,18 +376,18 @@ def report(results: list[dict], sizes: dict, args: argparse.Namespace) -> None:
         f"{args.warmup}); peak VRAM = torch.cuda.max_memory_allocated, GiB"
     )
     print(
-        f"{'case':<10} {'params B':>8} {'weights':>10} {'compute':>8} {'adapters':>9} {'s/step':>8} "
+        f"{'case':<14} {'params B':>8} {'weights':>10} {'compute':>8} {'adapters':>9} {'s/step':>8} "
         f"{'peak VRAM GiB':>13} {'reserved GiB':>12} {'target GiB':>10} {'ok':>4} {'peak RSS GiB':>13}"
     )
     for r in results:
         if "error" in r:
-            print(f"{r['case']:<10} ERROR: {r['error']}")
+            print(f"{r['case']:<14} ERROR: {r['error']}")
             continue
 
         target = "n/a" if r["target_gib"] is None else f"{r['target_gib']:.0f}"
         ok = {None: "n/a", True: "yes", False: "NO"}[r["within_target"]]
         print(
-            f"{r['case']:<10} {r['params_b']:>8.3f} {r['weight_dtype']:>10} {r['compute_dtype']:>8} "
+            f"{r['case']:<14} {r['params_b']:>8.3f} {r['weight_dtype']:>10} {r['compute_dtype']:>8} "
             f"{r['adapter_dtype']:>9} {r['s_per_step']:>8.3f} {_gib(r['peak_vram_gib']):>13} "
             f"{_gib(r['peak_reserved_gib']):>12} {target:>10} {ok:>4} {r['peak_rss_gib']:>13.2f}"
         )

@@ -380,13 +380,19 @@ def _fields_newer_hosts_require(params_class: type, values: dict) -> dict:
     return {name: value for name, value in values.items() if name in declared}
 
 
+def flux1_params(config: dict, guidance: bool) -> dict:
+    """Keyword arguments of this host's comfy Flux class for a Flux.1 model of `config`'s sizes."""
+    from comfy.ldm.flux.model import FluxParams
+
+    return {**config, "guidance_embed": guidance, **_fields_newer_hosts_require(FluxParams, FLUX1_NEWER_FIELDS)}
+
+
 def _flux_unet(guidance: bool) -> dict[str, torch.Tensor]:
     """Flux (bf16, ~400 M parameters): dev has `guidance_in`, schnell does not."""
     import comfy.ops
-    from comfy.ldm.flux.model import Flux, FluxParams
+    from comfy.ldm.flux.model import Flux
 
-    config = {**TINY_FLUX, "guidance_embed": guidance, **_fields_newer_hosts_require(FluxParams, FLUX1_NEWER_FIELDS)}
-    model = Flux(**config, dtype=torch.bfloat16, operations=comfy.ops.disable_weight_init)
+    model = Flux(**flux1_params(TINY_FLUX, guidance), dtype=torch.bfloat16, operations=comfy.ops.disable_weight_init)
     _init_(model, _generator("flux_dev" if guidance else "flux_schnell"))
     return dict(model.state_dict())
 

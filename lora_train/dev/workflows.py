@@ -132,3 +132,41 @@ def smoke_workflow(seed: int = 1) -> dict:
         "6": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["1", 2]}},
         "7": {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": "smoke"}},
     }
+
+
+def text_generate(clip: list, prompt: str, max_length: int = 10) -> dict:
+    """ComfyUI's Generate Text node (0.33+), greedy (sampling_mode off)."""
+    inputs = {"clip": clip, "prompt": prompt, "max_length": max_length, "sampling_mode": "off"}
+    return {"class_type": "TextGenerate", "inputs": inputs}
+
+
+def show_text(source: list) -> dict:
+    """PreviewAny: an output node, so the text it receives lands in the history (`outputs[id]["text"]`)."""
+    return {"class_type": "PreviewAny", "inputs": {"source": source}}
+
+
+def train_llm_and_generate(clip_node: dict, text: str, prompt: str, **widgets) -> dict:
+    """A CLIP node -> Train LLM LoRA -> Generate Text, beside Generate Text on the CLIP without the LoRA."""
+    train = {"clip": ["clip", 0], "train_data": "", "text": text, **widgets}
+    return {
+        "clip": clip_node,
+        "train": {"class_type": "LoraTrain_TrainLLMLoRA", "inputs": train},
+        "gen_before": text_generate(["clip", 0], prompt),
+        "gen_after": text_generate(["train", 0], prompt),
+        "show_before": show_text(["gen_before", 0]),
+        "show_after": show_text(["gen_after", 0]),
+    }
+
+
+def lora_loader_generate(clip_node: dict, lora_name: str, prompt: str, model: list | None = None) -> dict:
+    """LoraLoader (strength_model 0, strength_clip 1) on a CLIP -> Generate Text. LoraLoader needs a MODEL input:
+    the tiny checkpoint's by default."""
+    graph = {"clip": clip_node}
+    if model is None:
+        graph["ckpt"] = {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CKPT}}
+        model = ["ckpt", 0]
+    loader = {"model": model, "clip": ["clip", 0], "lora_name": lora_name, "strength_model": 0.0, "strength_clip": 1.0}
+    graph["lora"] = {"class_type": "LoraLoader", "inputs": loader}
+    graph["gen_loader"] = text_generate(["lora", 1], prompt)
+    graph["show_loader"] = show_text(["gen_loader", 0])
+    return graph

@@ -234,8 +234,10 @@ class ComfyHost:
         # Room for adapters, optimizer state and activations on top of the weights; ComfyUI unloads other models.
         extra = int(cfg.batch_size * (cfg.resolution / 512) ** 2 * 2.5 * 1024**3)
         kwargs = {"memory_required": extra}
+        # Whole, unless blocks are swapped: then a card too small for the model gets ComfyUI's partial load
+        # (the swapped blocks leave the device right after, whatever ComfyUI loaded).
         if "force_full_load" in mm.load_models_gpu.__code__.co_varnames:
-            kwargs["force_full_load"] = True
+            kwargs["force_full_load"] = not cfg.blocks_to_swap
         text_model = self.clip.cond_stage_model if cfg.train_text_encoder else None
         # Shuffled captions are encoded every step: the text encoder stays loaded next to the model.
         encodes = cfg.train_text_encoder or cfg.shuffle_captions

@@ -115,7 +115,11 @@ def save_adapter_folder(peft_model: Any, folder: Path, metadata: dict[str, str])
 
 
 def save_merged(info: BaseModelInfo, cfg: LlmTrainConfig, adapter_dir: Path, tokenizer: Any, folder: Path) -> Path:
-    """A full model folder: the base (loaded again, unquantized, on the CPU) with the saved adapter merged in."""
+    """A full model folder: the base (loaded again, unquantized, on the CPU) with the saved adapter merged in.
+
+    After QLoRA too the merge goes into the unquantized base, in mixed_precision's dtype: merging into the 4-bit base
+    (peft dequantizes, adds, quantizes again) would round the update away. The merged model therefore differs from
+    the trained one by the base's 4-bit rounding, as every QLoRA merge into the original weights does."""
     import peft
     import transformers
 
@@ -127,7 +131,10 @@ def save_merged(info: BaseModelInfo, cfg: LlmTrainConfig, adapter_dir: Path, tok
     with atomic_folder(folder) as staging:
         merged.save_pretrained(str(staging))
         tokenizer.save_pretrained(str(staging))
-    log.info("wrote merged model %s", folder)
+    if cfg.quantization == "4bit":
+        log.info("wrote merged model %s: the adapter merged into the unquantized %s base (not 4-bit)", folder, dtype)
+    else:
+        log.info("wrote merged model %s", folder)
     return folder
 
 

@@ -43,7 +43,7 @@ class LlmTrainConfig(Settings):
     quantization: str = setting(
         "none",
         "none, or 4bit: load the base model in 4-bit NF4 and train LoRA on top (QLoRA, arXiv 2305.14314); "
-        "needs bitsandbytes and a CUDA GPU.",
+        "needs bitsandbytes (on the CPU: 0.46 or newer). --merge then merges into the unquantized base.",
         choices=QUANTIZATION_CHOICES,
     )
     # ---- optimisation -------------------------------------------------------------------------------------

@@ -95,18 +95,63 @@ def load_tokenizer(info: BaseModelInfo) -> Any:
     return tokenizer
 
 
+# bitsandbytes runs 4-bit layers on the CPU (quantize, forward, backward) from 0.46, whose torch.library ops have CPU
+# implementations; 0.45 and older assert on a CPU tensor. Tested here: 0.45.5 (refused), 0.46.1 and 0.50.2 (train).
+CPU_4BIT_MIN_VERSION = (0, 46)
+
+
+def bitsandbytes_version() -> str:
+    """The installed bitsandbytes' version string (its package metadata, else its `__version__`)."""
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("bitsandbytes")
+    except importlib.metadata.PackageNotFoundError:
+        import bitsandbytes
+
+        return str(getattr(bitsandbytes, "__version__", "0"))
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    """(0, 50, 2) from "0.50.2" / "0.50.2.dev0" / "0.46.0+cpu": the leading numeric parts."""
+    parts = []
+    for part in version.split("+")[0].split("."):
+        digits = "".join(ch for ch in part if ch.isdigit()) if part[:1].isdigit() else ""
+        if not digits:
+            break
+        parts.append(int(digits))
+    return tuple(parts)
+
+
 def check_quantization(cfg: LlmTrainConfig, device_type: str) -> None:
-    """QLoRA needs bitsandbytes and a CUDA device; say so before loading anything."""
+    """QLoRA needs bitsandbytes; on the CPU one recent enough to run 4-bit layers there. Say so before loading."""
     if cfg.quantization == "none":
         return
     if importlib.util.find_spec("bitsandbytes") is None:
         raise LlmModelError(
             "quantization=4bit (QLoRA) needs the bitsandbytes package: pip install bitsandbytes (in this Python "
-            "environment, on a machine with a CUDA GPU), or set quantization: none"
+            "environment; on the CPU version 0.46 or newer), or set quantization: none"
         )
-    if device_type != "cuda":
-        raise LlmModelError("quantization=4bit (QLoRA) needs a CUDA GPU (bitsandbytes' 4-bit kernels); train on a "
-                            "GPU or set quantization: none")  # fmt: skip
+    if device_type == "cuda":
+        return
+    version = bitsandbytes_version()
+    if _version_tuple(version) < CPU_4BIT_MIN_VERSION:
+        wanted = ".".join(map(str, CPU_4BIT_MIN_VERSION))
+        raise LlmModelError(
+            f"quantization=4bit (QLoRA) on the CPU needs bitsandbytes >= {wanted} (older versions have no CPU "
+            f"4-bit kernels); this environment has bitsandbytes {version}: pip install -U 'bitsandbytes>={wanted}', "
+            "train on a CUDA GPU, or set quantization: none"
+        )
+
+
+def quantization_config(cfg: LlmTrainConfig, dtype: Any) -> Any:
+    """transformers' 4-bit NF4 settings (QLoRA's: double quantization); layers compute in `dtype` (fp32 on the CPU
+    unless mixed_precision says otherwise)."""
+    import transformers
+
+    return transformers.BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype
+    )
 
 
 def load_base_model(info: BaseModelInfo, cfg: LlmTrainConfig, device: Any) -> Any:
@@ -118,14 +163,13 @@ def load_base_model(info: BaseModelInfo, cfg: LlmTrainConfig, device: Any) -> An
     dtype = getattr(torch, DTYPES[cfg.mixed_precision])
     options: dict[str, Any] = {"dtype": dtype}
     if cfg.quantization == "4bit":
-        options["quantization_config"] = transformers.BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype
-        )
-        options["device_map"] = {"": device}
+        options["quantization_config"] = quantization_config(cfg, dtype)
+        options["device_map"] = {"": device}  # bitsandbytes quantizes each weight as it lands on `device`
     model = model_class.from_pretrained(str(info.path), **options)
     if cfg.quantization == "none":
         model.to(device)
     model.requires_grad_(False)
     model.config.use_cache = False  # training never reuses a cache; keeping it costs memory
-    log.info("loaded %s (%s, %s) on %s", info.name, info.class_name, dtype, device)
+    kind = f"4-bit NF4, compute {dtype}" if cfg.quantization == "4bit" else str(dtype)
+    log.info("loaded %s (%s, %s) on %s", info.name, info.class_name, kind, device)
     return model

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from lora_train.llm.config import LlmTrainConfig
-from lora_train.training import ResumeError, ResumeState
+from lora_train.training import ResumeError, ResumeState, Streams, capture_streams
 
 # Settings that shape the adapter or the token stream: a resume with any of them changed is refused.
 STRUCTURAL = ("network", "rank", "alpha", "targets", "quantization", "batch_size", "gradient_accumulation", "seed",
@@ -62,20 +62,17 @@ class LlmRun:
     step: int = 0
     history: list[tuple[int, float]] = field(default_factory=list)
 
-    def stream_state(self) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    def stream_state(self) -> Streams:
         """The random streams and row order right now (rewinds an interrupted step)."""
-        return self.generator.get_state(), torch.get_rng_state(), self.order.state_dict()
+        return capture_streams(self.generator, self.order)
 
-    def snapshot(self, cfg: LlmTrainConfig, streams: tuple | None = None) -> ResumeState:
-        generator_state, torch_rng_state, order = streams or self.stream_state()
-        return ResumeState(
+    def snapshot(self, cfg: LlmTrainConfig, streams: Streams | None = None) -> ResumeState:
+        return ResumeState.capture(
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            streams=streams or self.stream_state(),
             step=self.step,
             adapters={name: p.detach().float().cpu().contiguous() for name, p in self.params.items()},
-            optimizer=self.optimizer.state_dict(),
-            scheduler=self.scheduler.state_dict(),
-            generator_state=generator_state,
-            torch_rng_state=torch_rng_state,
-            order=order,
             config={**cfg.to_dict(), DATA_KEY: self.data_sha256},
             base_model=self.fingerprint,
             history=[list(point) for point in self.history],

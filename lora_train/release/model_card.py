@@ -49,6 +49,37 @@ def training_summary(metadata: dict[str, str]) -> list[tuple[str, str]]:
     ]
 
 
+TEXT_ENCODER_LORA = "comfyui_text_encoder_lora"  # written by the Train LLM LoRA node (lora_train.host.llm_train)
+
+
+def usage_lines(vname: str, weight: str, prompt_words: str, metadata: dict[str, str]) -> list[str]:
+    """How to use the file: an image LoRA in ComfyUI and A1111, or a LoRA for the LLM behind a ComfyUI CLIP."""
+    if metadata.get("lora_train.kind") == TEXT_ENCODER_LORA:
+        base = metadata.get("lora_train.base_model", "the text encoder it was trained on")
+        return [
+            "### ComfyUI (Generate Text)", "",
+            f"A LoRA for the language model inside a ComfyUI text encoder ({base}), for the **Generate Text** node "
+            "(ComfyUI 0.33 or newer).", "",
+            f"1. Put `{vname}.safetensors` in `ComfyUI/models/loras/`.",
+            "2. Load that text encoder with **Load CLIP**, then add a **Load LoRA** (`LoraLoader`) node on its CLIP "
+            f"and pick `{vname}.safetensors`; set `strength_clip` to {weight} and `strength_model` to 0 (its MODEL "
+            "input can come from any checkpoint).",
+            "3. Connect its CLIP output to **Generate Text**.",
+        ]  # fmt: skip
+    return [
+        "### ComfyUI", "",
+        f"1. Put `{vname}.safetensors` in `ComfyUI/models/loras/` (or fetch it with the **Fetch LoRA** node and this "
+        "release's `manifest.json`).",
+        "2. Add a **Load LoRA** (`LoraLoader`) node between your checkpoint loader and the sampler, and pick "
+        f"`{vname}.safetensors`.",
+        f"3. Set `strength_model` and `strength_clip` to {weight}.",
+        f"4. Write the trigger words in your prompt: {prompt_words}." if prompt_words else "4. Prompt as usual.",
+        "", "### AUTOMATIC1111 / Forge", "",
+        "Put the file in `models/Lora/` and add this to the prompt:", "",
+        "```", f"<lora:{vname}:{weight}>" + (f" {prompt_words}" if prompt_words else ""), "```",
+    ]  # fmt: skip
+
+
 def render_model_card(
     manifest: Manifest, version: int, metadata: dict[str, str], samples: list[str], hashes: dict[str, str]
 ) -> str:
@@ -70,20 +101,7 @@ def render_model_card(
         ("License", manifest.license or "not specified"),
         ("Data source", manifest.data_source or "not specified"),
     ])  # fmt: skip
-    lines += [
-        "", "## Usage", "",
-        "### ComfyUI", "",
-        f"1. Put `{vname}.safetensors` in `ComfyUI/models/loras/` (or fetch it with the **Fetch LoRA** node and this "
-        "release's `manifest.json`).",
-        "2. Add a **Load LoRA** (`LoraLoader`) node between your checkpoint loader and the sampler, and pick "
-        f"`{vname}.safetensors`.",
-        f"3. Set `strength_model` and `strength_clip` to {weight}.",
-        f"4. Write the trigger words in your prompt: {prompt_words}." if prompt_words else "4. Prompt as usual.",
-        "", "### AUTOMATIC1111 / Forge", "",
-        "Put the file in `models/Lora/` and add this to the prompt:", "",
-        "```", f"<lora:{vname}:{weight}>" + (f" {prompt_words}" if prompt_words else ""), "```",
-        "", "## Training settings", "",
-    ]  # fmt: skip
+    lines += ["", "## Usage", "", *usage_lines(vname, weight, prompt_words, metadata), "", "## Training settings", ""]
     summary = training_summary(metadata)
     lines += _table(summary, ("Setting", "Value")) if summary else ["Not recorded in the file."]
     if samples:

@@ -68,6 +68,28 @@ class ResumeState:
     validation_history: list[list[float]] = field(default_factory=list)
     ema: dict[str, torch.Tensor] = field(default_factory=dict)  # index -> averaged adapter parameter (ema_decay)
 
+    @classmethod
+    def capture(cls, *, optimizer: Any, scheduler: Any, streams: Streams, **fields: Any) -> ResumeState:
+        """The state of a run now: its optimizer and schedule, `streams` from `capture_streams`, the other fields."""
+        generator_state, torch_rng_state, order = streams
+        return cls(
+            optimizer=optimizer.state_dict(),
+            scheduler=scheduler.state_dict(),
+            generator_state=generator_state,
+            torch_rng_state=torch_rng_state,
+            order=order,
+            **fields,
+        )
+
+
+Streams = tuple[torch.Tensor, torch.Tensor, dict[str, Any]]
+
+
+def capture_streams(generator: torch.Generator, order: Any) -> Streams:
+    """The random streams and data order right now: cheap (two small tensors and the order's position), so a step
+    can take them first and rewind to them if it is interrupted."""
+    return generator.get_state(), torch.get_rng_state(), order.state_dict()
+
 
 def _split_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     tensors: dict[str, torch.Tensor] = {}

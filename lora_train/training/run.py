@@ -15,7 +15,7 @@ from lora_train.training.host_api import TrainingError, TrainingSession
 from lora_train.training.networks import AdapterSet, AdapterSpec, find_targets
 from lora_train.training.optim import make_optimizer, make_scheduler
 from lora_train.training.precision import compute_precision
-from lora_train.training.resume import ResumeState
+from lora_train.training.resume import ResumeState, Streams, capture_streams
 from lora_train.training.targets import target_filter
 
 LORAPLUS_NETWORKS = ("lora", "locon", "dora")
@@ -46,21 +46,18 @@ class Run:
         with ema_applied(self.ema):
             return lora_state_dict(self.adapter_sets)
 
-    def stream_state(self) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        """The random streams and data order right now (cheap: two small tensors and a list of index lists)."""
-        return self.generator.get_state(), torch.get_rng_state(), self.order.state_dict()
+    def stream_state(self) -> Streams:
+        """The random streams and data order right now."""
+        return capture_streams(self.generator, self.order)
 
-    def snapshot(self, cfg: TrainConfig, streams: tuple | None = None) -> ResumeState:
+    def snapshot(self, cfg: TrainConfig, streams: Streams | None = None) -> ResumeState:
         """The resumable state at this step; `streams` from `stream_state()` rewinds the random draws."""
-        generator_state, torch_rng_state, order = streams or self.stream_state()
-        return ResumeState(
+        return ResumeState.capture(
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            streams=streams or self.stream_state(),
             step=self.step,
             adapters=lora_state_dict(self.adapter_sets),
-            optimizer=self.optimizer.state_dict(),
-            scheduler=self.scheduler.state_dict(),
-            generator_state=generator_state,
-            torch_rng_state=torch_rng_state,
-            order=order,
             config=cfg.to_dict(),
             base_model=self.base_model,
             history=[list(point) for point in self.history],

@@ -53,7 +53,7 @@ def test_cli_trains_an_adapter_folder_and_a_merged_model(tmp_path, model):
         ([MEMORISABLE[0], ""], {}, "line 2 is empty"),
         ([{"instruction": "x", "output": "y " * 300}], {"max_length": 32}, "longer than max_length=32: line 1"),
         (MEMORISABLE, {"chat_template": "missing.jinja"}, "chat_template file 'missing.jinja' does not exist"),
-        (MEMORISABLE, {"quantization": "4bit"}, "quantization=4bit"),
+        (MEMORISABLE, {"quantization": "8bit"}, "quantization must be one of none, 4bit; got '8bit'"),
     ],
 )
 def test_cli_bad_input_exits_2_naming_it_and_writes_nothing(tmp_path, model, records, extra, message, capsys):

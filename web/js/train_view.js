@@ -6,7 +6,8 @@ import { addDisplayWidget, chainCallback, formatDuration, formatNumber, listenFo
 import { foldAdvancedWidgets } from "./advanced_widgets.js";
 import { drawLossChart } from "./loss_chart.js";
 
-const NODE_TYPE = "LoraTrain_TrainLoRA";
+// Train LoRA, and Train LLM LoRA (same progress events, no samples).
+const NODE_TYPES = new Set(["LoraTrain_TrainLoRA", "LoraTrain_TrainLLMLoRA"]);
 const CHART_HEIGHT = 140;
 const STATS_HEIGHT = 52;
 const SAMPLE_HEIGHT = 200;
@@ -133,7 +134,7 @@ class TrainView {
 app.registerExtension({
     name: "lora_train.train_view",
     async beforeRegisterNodeDef(nodeType, nodeData) {
-        if (nodeData?.name !== NODE_TYPE) return;
+        if (!NODE_TYPES.has(nodeData?.name)) return;
 
         chainCallback(nodeType.prototype, "onNodeCreated", function () {
             foldAdvancedWidgets(this); // before sizing the node (whichever extension runs first)
