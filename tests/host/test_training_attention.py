@@ -48,5 +48,11 @@ def test_sdpa_trains_the_lora_of_the_host_kernel(own_tiny_checkpoint, style_data
     host = _train(own_tiny_checkpoint, style_dataset_dir, tmp_path / "host")
     ups = [k for k in sdpa.lora_tensors if "lora_up" in k]
     assert ups and all(sdpa.lora_tensors[k].abs().sum() > 0 for k in ups)
+    # Adam normalises each element's step: a float-level gradient difference on an element whose gradient is ~0 can
+    # move it by up to lr (1e-3) per step, so single elements get an absolute tolerance well below one step, and the
+    # whole update must agree to 1e-3 of its size.
     for key, tensor in host.lora_tensors.items():
-        torch.testing.assert_close(sdpa.lora_tensors[key], tensor, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(sdpa.lora_tensors[key], tensor, rtol=1e-3, atol=2e-4)
+    for key in ups:
+        change = host.lora_tensors[key].norm()
+        assert (sdpa.lora_tensors[key] - host.lora_tensors[key]).norm() <= 1e-3 * change
