@@ -263,7 +263,8 @@ def parse_peer(spec: str) -> tuple[str, str, dict]:
 def run_worker(kind: str, args: argparse.Namespace, python: str, checkout: str = str(REPO),
                settings: dict | None = None) -> dict:  # fmt: skip
     """Run one worker process; its result dict."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(THREADS), "MKL_NUM_THREADS": str(THREADS), "PYTHONPATH": checkout}
+    threads = str(args.threads)
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "PYTHONPATH": checkout}
     with tempfile.TemporaryDirectory() as out:
         result = Path(out) / "result.json"
         command = [python, __file__, "--worker", kind, "--result", str(result), "--work", str(args.work),
@@ -288,6 +289,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--steps", type=int, default=8, help="steps per worker (>= 5); timed: 3..N-1")
     parser.add_argument("--peers", default="ours,kohya", help="comma list of ours, kohya, ours[key=value,...]")
+    parser.add_argument("--threads", type=int, default=THREADS, help="torch threads per worker (default 2)")
     parser.add_argument("--profile", action="store_true", help="print torch.profiler's top ops of the counted step")
     parser.add_argument("--kohya", default=None, help="folder with sd-scripts/ and venv/ ($LORA_TRAIN_KOHYA)")
     for hidden in ("--worker", "--result", "--work", "--out", "--comfyui", "--settings", "--checkout"):
@@ -338,8 +340,9 @@ def main() -> int:
 def report(results: dict[str, list[dict]], peak: float, args: argparse.Namespace) -> None:
     """The table: medians over rounds; speed and memory relative to kohya; MFU against the measured GEMM peak."""
     print(f"\nfull-size random SD1.5, {RESOLUTION} px, batch {BATCH}, rank {RANK}, attention targets, AdamW, fp32, "
-          f"{THREADS} threads; median over {args.rounds} round(s); s/step = median of steps 3..{args.steps - 1} "
-          f"(fastest: the quickest of them; CPU: process CPU time); GEMM peak {peak / 1e9:.1f} GFLOP/s")  # fmt: skip
+          f"{args.threads} thread(s); median over {args.rounds} round(s); s/step: median of steps "
+          f"3..{args.steps - 1} (fastest: the quickest of them; CPU: process CPU time); GEMM peak "
+          f"{peak / 1e9:.1f} GFLOP/s")  # fmt: skip
 
     def median(peer: str, key: str) -> float:
         return statistics.median(r[key] or 0 for r in results[peer])
