@@ -347,8 +347,8 @@ def report(results: dict[str, list[dict]], peak: float, args: argparse.Namespace
     def median(peer: str, key: str) -> float:
         return statistics.median(r[key] or 0 for r in results[peer])
 
-    base = {key: median("kohya", key) for key in ("s_per_step", "min_s_per_step", "peak_rss_gib")}
-    base = base if "kohya" in results else {}
+    keys = ("s_per_step", "min_s_per_step", "peak_rss_gib")
+    base = {key: median("kohya", key) for key in keys} if "kohya" in results else {}
     print(f"{'peer':<30} {'s/step':>7} {'fastest':>7} {'CPU s':>6} {'peak RSS GiB':>12} {'GFLOP/step':>10} "
           f"{'MFU %':>6} {'x kohya':>8} {'x kohya (fastest)':>17} {'RSS x kohya':>11}")  # fmt: skip
     for peer in results:
