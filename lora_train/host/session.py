@@ -74,7 +74,7 @@ def protect_inplace_residuals(root: torch.nn.Module) -> list:
 def training_attention() -> Any:
     """The attention kernel for training: torch SDPA in place of ComfyUI's CPU fallbacks (sub-quadratic, split,
     basic), which it picks where no accelerated kernel is set up (every CPU). SDPA computes the same attention in
-    one fused kernel with its own backward; it ran the full-size SD1.5 step faster on the CPU (bench_vs_kohya.py).
+    one fused kernel with its own backward (its share of the measured gain alone is not separated yet).
     Returned as ComfyUI's `optimized_attention_override` (transformer_options), so only the training forward
     passes use it; None (the host's choice kept) where the host already uses another kernel (GPU: SDPA, flash,
     sage, xformers) or has no override hook, or `LORA_TRAIN_ATTENTION=host` asks for the host's kernel.
