@@ -61,18 +61,11 @@ from dataclasses import dataclass, field
 import torch
 from bench_train_gpu import SEED, _comfyui, _memory, _reset_peak, _sync, bench_settings
 
+from lora_train.dev.full_models import FULL_SDXL_UNET
 from lora_train.dev.tiny_families import TINY_FLUX2, TINY_WAN
 from lora_train.dev.tiny_models import TINY_FLUX, TINY_SDXL_UNET, flux1_params
 
-# Full SDXL (ComfyUI's model_detection SDXL config); the tiny one is the smallest ComfyUI still detects as SDXL.
-FULL_SDXL_UNET = {
-    **TINY_SDXL_UNET,
-    "num_res_blocks": [2, 2, 2],
-    "channel_mult": [1, 2, 4],
-    "transformer_depth": [0, 0, 2, 2, 10, 10],
-    "transformer_depth_output": [0, 0, 0, 2, 2, 2, 10, 10, 10],
-    "transformer_depth_middle": 10,
-}
+# FULL_SDXL_UNET: ComfyUI's model_detection SDXL config; the tiny one is the smallest ComfyUI still detects as SDXL.
 # Flux dev at full depth with T5-XXL's width for the text input; the tiny one keeps the widths (3072 hidden,
 # detection fixes it) with one double block and no single blocks (~0.4 B parameters).
 FULL_FLUX = {**TINY_FLUX, "context_in_dim": 4096, "depth": 19, "depth_single_blocks": 38}

@@ -30,7 +30,13 @@ from lora_train.host.compat import HostTooOld, check_host
 from lora_train.host.edit import check_references, control_item, with_references
 from lora_train.host.families import architecture, family_support, model_family, size_conditioning
 from lora_train.host.naming import diffusers_names, diffusers_pieces, same_name_pieces
-from lora_train.host.session import ComfySession, fresh_parameters, host_training_flag, protect_inplace_residuals
+from lora_train.host.session import (
+    ComfySession,
+    fresh_parameters,
+    host_training_flag,
+    protect_inplace_residuals,
+    training_attention,
+)
 from lora_train.training import (
     Example,
     LatentCache,
@@ -250,6 +256,9 @@ class ComfyHost:
         frozen = [m for m in (base.diffusion_model, text_model) if m is not None]
         states = [(m, m.training, {n: p.requires_grad for n, p in m.named_parameters()}) for m in frozen]
         norm_hooks = protect_inplace_residuals(base.diffusion_model)
+        attention = training_attention()
+        if attention is not None:
+            log.info("training attention: torch SDPA (in place of ComfyUI's CPU fallback kernel)")
         try:
             with torch.inference_mode(False), torch.enable_grad(), host_training_flag(True):
                 for module in frozen:
@@ -265,6 +274,7 @@ class ComfyHost:
                     host=self,
                     text_model=text_model,
                     **self._file_naming(base),
+                    attention=attention,
                 )
         finally:
             for hook in norm_hooks:

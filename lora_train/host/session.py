@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 # kohya's text-encoder prefixes: te1 is CLIP-L, te2 OpenCLIP-G (SDXL); a single encoder is plain `lora_te_`.
 TEXT_ENCODER_ORDER = ("clip_l", "clip_g", "clip_h")
 PREVIEW_SAMPLER, PREVIEW_SCHEDULER = "euler", "normal"
+ATTENTION_ENV = "LORA_TRAIN_ATTENTION"  # "host": train with ComfyUI's own attention kernel (see training_attention)
 
 
 # Blocks whose forward adds to its input in place (`img += ...`: ComfyUI's Flux double/single-stream blocks) after a
@@ -69,6 +71,40 @@ def protect_inplace_residuals(root: torch.nn.Module) -> list:
     return handles
 
 
+def training_attention() -> Any:
+    """The attention kernel for training: torch SDPA in place of ComfyUI's CPU fallbacks (sub-quadratic, split,
+    basic), which it picks where no accelerated kernel is set up (every CPU). SDPA computes the same attention in
+    one fused kernel with its own backward (its share of the measured gain alone is not separated yet).
+    Returned as ComfyUI's `optimized_attention_override` (transformer_options), so only the training forward
+    passes use it; None (the host's choice kept) where the host already uses another kernel (GPU: SDPA, flash,
+    sage, xformers) or has no override hook, or `LORA_TRAIN_ATTENTION=host` asks for the host's kernel.
+    Half-precision inputs whose layer asks for fp32 attention (`attn_precision`, SD2.x) keep the host's kernel,
+    which upcasts."""
+    if os.environ.get(ATTENTION_ENV, "").strip().lower() == "host":
+        return None
+    try:
+        import comfy.ldm.modules.attention as attention
+    except ImportError:
+        return None
+    names = ("attention_sub_quad", "attention_split", "attention_basic")
+    fallbacks = [getattr(attention, name) for name in names if hasattr(attention, name)]
+    sdpa = getattr(attention, "attention_pytorch", None)
+    if sdpa is None or not hasattr(attention, "wrap_attn") or attention.optimized_attention not in fallbacks:
+        return None
+    # The host's wrapper hands the override the undecorated kernel; calling the decorated SDPA from inside it runs
+    # SDPA directly (the `_inside_attn_wrapper` flag in kwargs).
+    replaced = {getattr(f, "__wrapped__", f) for f in fallbacks} | set(fallbacks)
+
+    def override(func, *args, **kwargs):
+        query = args[0] if args else kwargs.get("q")
+        upcast = kwargs.get("attn_precision") is not None and query is not None and query.dtype != torch.float32
+        if func in replaced and not upcast:
+            return sdpa(*args, **kwargs)
+        return func(*args, **kwargs)
+
+    return override
+
+
 def fresh_parameters(module: torch.nn.Module) -> int:
     """Replace inference-mode parameters/buffers with ordinary tensors of equal value (see HOST.md); return count.
 
@@ -104,6 +140,7 @@ class ComfySession:
     diffusers_pieces: dict[str, list[tuple[str, Any, Any]]] = field(default_factory=dict)
     peft_prefix: str = "transformer."  # what diffusers' keys start with in this family's files
     comfyui_naming: bool = False  # the generic path: ComfyUI's own key naming (`diffusion_model.<path>`)
+    attention: Any = None  # ComfyUI's optimized_attention_override while training (see training_attention)
 
     def kohya_prefix(self, module_path: str) -> str:
         """kohya key prefix; diffusers-style block names (what kohya writes), LDM names where none exists."""
@@ -213,7 +250,8 @@ class ComfySession:
             context = context.to(dtype)
         extra = {k: _to(v, dtype=dtype) for k, v in extra.items()}
         t = base.process_timestep(timesteps.float(), x=noisy, **extra)
-        return base.diffusion_model(x, t, context=context, control=None, transformer_options={}, **extra)
+        options = {"optimized_attention_override": self.attention} if self.attention is not None else {}
+        return base.diffusion_model(x, t, context=context, control=None, transformer_options=options, **extra)
 
 
 def _to(value: Any, device: torch.device | None = None, dtype: torch.dtype | None = None) -> Any:

@@ -296,6 +296,12 @@ class TrainConfig(Settings):
         "<output_name>; needs `pip install tensorboard`.",
         advanced=True,
     )
+    compile: bool = setting(
+        False,
+        "torch.compile each repeated block of the model (regional compile): faster steps after a slower start "
+        "while the blocks compile. Where compile cannot run, one log line and training runs without it.",
+        advanced=True,
+    )
 
     ALIASES: ClassVar[dict[str, str]] = {
         "lora_rank": "rank",

@@ -23,7 +23,9 @@ from lora_train.dataset import LoraDataset
 from lora_train.training.batches import BatchOrder, total_steps
 from lora_train.training.block_swap import swapped_blocks
 from lora_train.training.checkpointing import gradient_checkpointing
+from lora_train.training.compiling import compiled_blocks
 from lora_train.training.config import TrainConfig
+from lora_train.training.conv_gemm import small_convs_as_gemm
 from lora_train.training.data import prepare_data
 from lora_train.training.distributed import SINGLE_PROCESS, Distributed
 from lora_train.training.host_api import Example, Progress, TrainingError, TrainingHost, TrainingSession
@@ -109,6 +111,8 @@ def train_lora(
             _attached(run),
             swapped_blocks(model, cfg.blocks_to_swap, session.device),
             gradient_checkpointing(model, checkpointing),
+            small_convs_as_gemm(model, session.device.type == "cpu" and not cfg.compile),
+            compiled_blocks(model, cfg.compile, session.device),
         ):
             _train_steps(cfg, run, session, host, data.examples, steps, files, dist, validator)
         tensors = session.file_tensors(run.lora_tensors())

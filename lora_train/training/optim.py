@@ -21,12 +21,26 @@ def _optional(module: str, package: str, purpose: str):
         ) from None
 
 
+def fused_kwargs(groups: ParamGroups) -> dict:
+    """`{"fused": True}` where this torch has a fused Adam(W) kernel for every parameter's device (one kernel for
+    all parameters instead of a dozen small ops each), else `{}` (torch's default implementation)."""
+    try:
+        from torch.optim.optimizer import _get_fused_kernels_supported_devices
+    except ImportError:  # older torch
+        return {}
+    params = [p for group in groups for p in group["params"]]
+    supported = set(_get_fused_kernels_supported_devices())
+    if params and all(p.is_floating_point() and p.device.type in supported for p in params):
+        return {"fused": True}
+    return {}
+
+
 def _adamw(groups: ParamGroups, weight_decay: float) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(groups, weight_decay=weight_decay)
+    return torch.optim.AdamW(groups, weight_decay=weight_decay, **fused_kwargs(groups))
 
 
 def _adam(groups: ParamGroups, weight_decay: float) -> torch.optim.Optimizer:
-    return torch.optim.Adam(groups, weight_decay=weight_decay)
+    return torch.optim.Adam(groups, weight_decay=weight_decay, **fused_kwargs(groups))
 
 
 def _sgd(groups: ParamGroups, weight_decay: float) -> torch.optim.Optimizer:

@@ -243,7 +243,4 @@ class _BranchHook:
         if x.device != ref.device or x.dtype != dtype:
             x = x.to(device=ref.device, dtype=dtype)
         base = module.weight if self.adapter.needs_base_weight else None
-        branch = self.adapter.delta_output(x, base)
-        if owner.multiplier != 1.0:
-            branch = branch * owner.multiplier
-        return output + branch.to(device=output.device, dtype=output.dtype)
+        return self.adapter.add_branch(output, x, base, owner.multiplier)

@@ -104,6 +104,15 @@ class Adapter(nn.Module):
         """The branch added to the target's output for input `x` (dropout applied in training mode)."""
         return self.apply_weight(self.dropout(x), self.delta_weight(base_weight))
 
+    def add_branch(
+        self, output: Tensor, x: Tensor, base_weight: Tensor | None = None, multiplier: float = 1.0
+    ) -> Tensor:
+        """`output` + `multiplier` x the branch for input `x`, in `output`'s dtype and device."""
+        branch = self.delta_output(x, base_weight)
+        if multiplier != 1.0:
+            branch = branch * multiplier
+        return output + branch.to(device=output.device, dtype=output.dtype)
+
     def kohya_tensors(self) -> dict[str, Tensor]:
         """Kohya/LyCORIS suffix -> tensor, detached copies."""
         return {name: tensor.detach().clone() for name, tensor in self.state_dict().items()}

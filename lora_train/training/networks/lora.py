@@ -47,6 +47,23 @@ class LoRAAdapter(Adapter):
             hidden, scale = self.drop_ranks(hidden), scale / (1.0 - self.rank_dropout)
         return self.lora_up(hidden) * scale
 
+    def add_branch(
+        self, output: Tensor, x: Tensor, base_weight: Tensor | None = None, multiplier: float = 1.0
+    ) -> Tensor:
+        # The scale goes on the rank-wide hidden activation (not a full-size multiply), and for Linear targets the
+        # up projection accumulates straight into the layer's output (one addmm instead of a matmul and an add).
+        hidden = self.lora_down(self.dropout(x))
+        scale = self.scale * multiplier
+        if self.training and self.rank_dropout > 0:
+            hidden, scale = self.drop_ranks(hidden), scale / (1.0 - self.rank_dropout)
+        hidden = hidden * scale
+        up = self.lora_up.weight
+        same_type = torch.is_autocast_enabled(output.device.type) or output.dtype == hidden.dtype == up.dtype
+        if self.is_conv or output.device != hidden.device or not same_type:
+            return output + self.lora_up(hidden).to(device=output.device, dtype=output.dtype)
+        flat = torch.addmm(output.reshape(-1, output.shape[-1]), hidden.reshape(-1, self.rank), up.t())
+        return flat.view(output.shape)
+
     def drop_ranks(self, hidden: Tensor) -> Tensor:
         """kohya rank dropout: zero each rank of `hidden` per sample with probability `rank_dropout` (the caller
         scales the branch by 1 / (1 - rank_dropout), as kohya does)."""
@@ -100,3 +117,5 @@ class DoRAAdapter(LoConAdapter):
 
     def delta_output(self, x: Tensor, base_weight: Tensor | None = None) -> Tensor:
         return self.apply_weight(self.dropout(x), self.delta_weight(base_weight))
+
+    add_branch = Adapter.add_branch  # the weight-space branch above, not LoRA's activation-side shortcut
