@@ -12,7 +12,6 @@ CLIP-L padded to 4096, where the width is fixed at 4096).
 from __future__ import annotations
 
 import argparse
-import gc
 import inspect
 import logging
 import zlib
@@ -29,7 +28,7 @@ from lora_train.dev.tiny_models import (
     TinyModel,
     _generator,
     _init_,
-    _write_safetensors,
+    write_parts,
     write_tiny,
 )
 
@@ -358,17 +357,11 @@ def write_tiny_any(family: str, models_dir: str | Path) -> TinyModel:
     if family not in _MODELS:
         return write_tiny(family, models_dir)
     model = _MODELS[family]
-    for folder, path in model.paths(models_dir).items():
-        if path.is_file():
-            continue
-        if (folder, path.name) not in _PARTS:  # shared parts (tiny CLIP-L, TAESD) come from tiny_models' SD3
-            write_tiny("sd3", models_dir)
-            continue
-        state = _PARTS[(folder, path.name)]()
-        _write_safetensors(path, state, {"generator": "lora_train.dev.tiny_families", "seed": str(SEED)})
-        del state
-        gc.collect()
-        log.info("wrote %s (%.1f MB)", path, path.stat().st_size / 1e6)
+    paths = model.paths(models_dir)
+    own = {folder: path for folder, path in paths.items() if (folder, path.name) in _PARTS}
+    if any(not path.is_file() for folder, path in paths.items() if folder not in own):
+        write_tiny("sd3", models_dir)  # shared parts (tiny CLIP-L, TAESD) come from tiny_models' SD3
+    write_parts(own, _PARTS, "lora_train.dev.tiny_families")
     return model
 
 

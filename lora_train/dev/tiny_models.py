@@ -439,15 +439,21 @@ def write_tiny(family: str, models_dir: str | Path) -> TinyModel:
     if family == "sd15":
         write_tiny_sd15(models_dir)
         return model
-    for folder, path in model.paths(models_dir).items():
+    write_parts(model.paths(models_dir), _PARTS, "lora_train.dev.tiny_models")
+    return model
+
+
+def write_parts(paths: dict[str, Path], parts: dict, generator: str) -> None:
+    """Write each file of `paths` (folder -> path) not on disk yet from its builder in `parts`, one at a time (each
+    state is freed before the next is built)."""
+    for folder, path in paths.items():
         if path.is_file():
             continue
-        state = _PARTS[(folder, path.name)]()
-        _write_safetensors(path, state, {"generator": "lora_train.dev.tiny_models", "seed": str(SEED)})
+        state = parts[(folder, path.name)]()
+        _write_safetensors(path, state, {"generator": generator, "seed": str(SEED)})
         del state
         gc.collect()
         log.info("wrote %s (%.1f MB)", path, path.stat().st_size / 1e6)
-    return model
 
 
 def main(argv: list[str] | None = None) -> int:
