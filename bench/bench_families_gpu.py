@@ -48,18 +48,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import types
-import zlib
 from dataclasses import dataclass, field
 
 import torch
-from bench_train_gpu import SEED, _comfyui, _memory, _reset_peak, _sync, bench_settings
+from bench_train_gpu import SEED, _comfyui, _memory, _reset_peak, _sync, bench_settings, random_state
 
 from lora_train.dev.full_models import FULL_SDXL_UNET
 from lora_train.dev.tiny_families import TINY_FLUX2, TINY_WAN
@@ -173,23 +171,6 @@ def _architecture_2026(case: ShapedCase, config: dict, ops, meta: torch.device) 
     from comfy.ldm.wan.model import WanModel
 
     return WanModel(**config, model_type="t2v", dtype=torch.bfloat16, device=meta, operations=ops)
-
-
-def random_state(module: torch.nn.Module, dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
-    """Seeded random weights for `module`'s state dict, made on `device` tensor by tensor in the stored `dtype`
-    (fp8 included): fan-in scaled normals, zero biases, unit norm scales. One generator per tensor name, so a
-    tensor's values do not depend on the others (nor on the model's depth)."""
-    state = {}
-    for name, shape in ((n, t.shape) for n, t in module.state_dict().items()):
-        if name.endswith("bias"):
-            value = torch.zeros(shape, device=device)
-        elif len(shape) <= 1:
-            value = torch.ones(shape, device=device)
-        else:
-            generator = torch.Generator(device).manual_seed(SEED * 2**32 + zlib.crc32(name.encode()))
-            value = torch.randn(shape, generator=generator, device=device).mul_(1 / math.sqrt(math.prod(shape[1:])))
-        state[name] = value.to(dtype)
-    return state
 
 
 def build_model(case: Case, tiny: bool, device: torch.device):

@@ -38,6 +38,7 @@ import tempfile
 import time
 import zlib
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -88,6 +89,25 @@ def bench_settings(sizes: dict, **settings) -> dict:
 
 
 # ---- the model ---------------------------------------------------------------------------------------------------
+def random_state(module: Any, dtype: Any, device: Any) -> dict[str, Any]:
+    """Seeded random weights for `module`'s state dict, made on `device` tensor by tensor in the stored `dtype`
+    (fp8 included): fan-in scaled normals, zero biases, unit norm scales. One generator per tensor name, so a
+    tensor's values do not depend on the others (nor on the model's depth)."""
+    import torch
+
+    state = {}
+    for name, shape in ((n, t.shape) for n, t in module.state_dict().items()):
+        if name.endswith("bias"):
+            value = torch.zeros(shape, device=device)
+        elif len(shape) <= 1:
+            value = torch.ones(shape, device=device)
+        else:
+            generator = torch.Generator(device).manual_seed(SEED * 2**32 + zlib.crc32(name.encode()))
+            value = torch.randn(shape, generator=generator, device=device).mul_(1 / math.sqrt(math.prod(shape[1:])))
+        state[name] = value.to(dtype)
+    return state
+
+
 def build_model(case: dict, tiny: bool, device):
     """A ModelPatcher of a seeded random UNet of the case, through ComfyUI's UNet loader path (bf16 weights made
     tensor by tensor on `device`: fan-in scaled normals, unit 1-D weights, zero biases)."""
@@ -101,17 +121,7 @@ def build_model(case: dict, tiny: bool, device):
     config = case["unet"][1 if tiny else 0]
     meta = UNetModel(**config, dtype=torch.bfloat16, device=torch.device("meta"),
                      operations=comfy.ops.disable_weight_init)  # fmt: skip
-    state = {}
-    for name, tensor in meta.state_dict().items():
-        shape = tensor.shape
-        if name.endswith("bias"):
-            value = torch.zeros(shape, device=device)
-        elif len(shape) <= 1:
-            value = torch.ones(shape, device=device)
-        else:
-            generator = torch.Generator(device).manual_seed(SEED * 2**32 + zlib.crc32(name.encode()))
-            value = torch.randn(shape, generator=generator, device=device).mul_(1 / math.sqrt(math.prod(shape[1:])))
-        state[name] = value.to(torch.bfloat16)
+    state = random_state(meta, torch.bfloat16, device)
     model = comfy.sd.load_diffusion_model_state_dict(state, model_options={"dtype": torch.bfloat16})
     state.clear()
     if model is None or model_family(model) != case["family"]:
