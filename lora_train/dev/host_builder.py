@@ -14,6 +14,7 @@ complete, so a re-run over a complete cache takes seconds and a broken run is ne
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -22,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +57,7 @@ HOSTS = {
 TORCH_PINS = ("torch==2.14.1", "torchvision==0.29.1")
 # Requirements ComfyUI imports but does not list, plus what this project's tests need inside the host venv.
 EXTRA_HOST_REQUIREMENTS = ("requests",)
+TORCH_LAYER_PTH = "lora_train_torch_layer.pth"
 
 
 class HostSetupError(RuntimeError):
@@ -200,23 +203,53 @@ def _host_requirements(comfyui: Path) -> list[str]:
     return reqs
 
 
+def _torch_layer() -> Path:
+    """The pinned torch family (about 5.5 GB with its CUDA libraries), installed once into a folder that every
+    host venv puts on its path: one copy on disk, not one per host."""
+    root = cache_dir() / "host" / f"torch-{_stamp_hash(*TORCH_PINS)}"
+    site, stamp = root / "site-packages", root / "torch.stamp"
+    with _locked(root):
+        if not (stamp.is_file() and site.is_dir()):
+            _install_torch_layer(root, site, stamp)
+    return site
+
+
+def _install_torch_layer(root: Path, site: Path, stamp: Path) -> None:
+    shutil.rmtree(site, ignore_errors=True)
+    stamp.unlink(missing_ok=True)
+    constraints = root / "constraints.txt"
+    constraints.write_text("\n".join(TORCH_PINS) + "\n")
+    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-cache-dir", "--disable-pip-version-check"]
+    _run("install torch", [*pip, "-c", str(constraints), "--target", str(site), *TORCH_PINS])
+    stamp.write_text(" ".join(TORCH_PINS))
+
+
+def _new_venv(venv: Path, torch_site: Path) -> None:
+    """A fresh venv that sees the shared torch layer (after its own packages, which win on a name clash)."""
+    shutil.rmtree(venv, ignore_errors=True)
+    _run("venv", [sys.executable, "-m", "venv", str(venv)])
+    (site,) = (venv / "lib").glob("python3*/site-packages")
+    (site / TORCH_LAYER_PTH).write_text(f"{torch_site}\n")
+
+
 def _build_venv(root: Path, recipe: HostRecipe) -> None:
     venv = root / "venv"
     stamp = root / "venv.stamp"
     comfy_reqs = _host_requirements(root / "ComfyUI")
     req_text = "\n".join(p.read_text() for p in _requirement_files() if p.is_file())
     want = _stamp_hash(*TORCH_PINS, *recipe.no_deps, *comfy_reqs, *EXTRA_HOST_REQUIREMENTS, req_text)
-    if stamp.is_file() and stamp.read_text() == want and (venv / "bin" / "python").exists():
+    has_layer = any((venv / "lib").glob(f"python3*/site-packages/{TORCH_LAYER_PTH}"))
+    if stamp.is_file() and stamp.read_text() == want and has_layer:
         return
     stamp.unlink(missing_ok=True)
-    if not (venv / "bin" / "python").exists():
-        shutil.rmtree(venv, ignore_errors=True)
-        _run("venv", [sys.executable, "-m", "venv", str(venv)])
+    torch_site = _torch_layer()
+    if not has_layer or not (venv / "bin" / "python").exists():
+        _new_venv(venv, torch_site)  # also replaces a venv from before the shared layer, with its own 5.5 GB torch
     python = str(venv / "bin" / "python")
     constraints = root / "constraints.txt"
     constraints.write_text("\n".join(TORCH_PINS) + "\n")
-    pip = [python, "-m", "pip", "install", "-q", "--disable-pip-version-check", "-c", str(constraints)]
-    _run("install torch", [*pip, *TORCH_PINS])
+    pip = [python, "-m", "pip", "install", "-q", "--no-cache-dir", "--disable-pip-version-check"]
+    pip += ["-c", str(constraints)]
     args = [*comfy_reqs, *EXTRA_HOST_REQUIREMENTS]
     for path in _requirement_files():
         if path.is_file():
@@ -224,16 +257,31 @@ def _build_venv(root: Path, recipe: HostRecipe) -> None:
     _run("install requirements", [*pip, *args])
     if recipe.no_deps:
         _run("install without dependencies", [*pip, "--no-deps", *recipe.no_deps])
-    # Guard: the torch we pinned is the torch we have.
+    # Guard: the torch we pinned is the torch we have, from the shared layer (no requirement pulled its own).
     probe = subprocess.run(
-        [python, "-c", "import torch, torchvision; print(torch.__version__)"], capture_output=True, text=True
+        [python, "-c", "import torch, torchvision; print(torch.__version__, torch.__file__)"],
+        capture_output=True,
+        text=True,
     )
     want_torch = TORCH_PINS[0].split("==")[1]
-    if probe.returncode != 0 or not probe.stdout.startswith(want_torch):
+    version, _, where = probe.stdout.strip().partition(" ")
+    if probe.returncode != 0 or not version.startswith(want_torch) or not where.startswith(str(torch_site)):
         raise HostSetupError(
-            f"host set-up failed at step 'check torch': wanted {want_torch}, got {probe.stdout}{probe.stderr}"
+            f"host set-up failed at step 'check torch': wanted {want_torch} from {torch_site}, got "
+            f"{probe.stdout}{probe.stderr}"
         )
     stamp.write_text(want)
+
+
+@contextlib.contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `folder` (created if missing) against other processes building it."""
+    import fcntl
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
 
 
 def setup_host(version: str | None = None) -> Host:
@@ -242,12 +290,7 @@ def setup_host(version: str | None = None) -> Host:
     version = version or host_version()
     recipe = HOSTS[version]
     root = cache_dir() / "host" / f"comfyui-{version}"
-    root.mkdir(parents=True, exist_ok=True)
-    lock = root / ".lock"
-    import fcntl
-
-    with open(lock, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    with _locked(root):
         _unpack_comfyui(root, recipe)
         _build_venv(root, recipe)
     return Host(root, version)

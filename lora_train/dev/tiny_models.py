@@ -16,6 +16,8 @@ import gc
 import json
 import logging
 import math
+import os
+import shutil
 import struct
 import zlib
 from collections.abc import Callable
@@ -445,15 +447,53 @@ def write_tiny(family: str, models_dir: str | Path) -> TinyModel:
 
 def write_parts(paths: dict[str, Path], parts: dict, generator: str) -> None:
     """Write each file of `paths` (folder -> path) not on disk yet from its builder in `parts`, one at a time (each
-    state is freed before the next is built)."""
+    state is freed before the next is built). Files already there are marked as used (for `_make_room`)."""
     for folder, path in paths.items():
         if path.is_file():
+            os.utime(path)
             continue
         state = parts[(folder, path.name)]()
+        _make_room(sum(t.numel() * t.element_size() for t in state.values()), path, keep=set(paths.values()))
         _write_safetensors(path, state, {"generator": generator, "seed": str(SEED)})
         del state
         gc.collect()
         log.info("wrote %s (%.1f MB)", path, path.stat().st_size / 1e6)
+
+
+# When the disk runs short, generated files at least this large are removed, least recently used first, and rebuilt
+# (identical: same seed) on their next use: every use asks `write_parts` for them first. Smaller ones (the SD1.5
+# checkpoint a test server links once, CLIP-L, VAEs) are never removed. The suite then fits a disk with room for the
+# hosts and a few of the largest tiny models (SDXL's full-size text encoders: 1.9 GB), not all of them at once.
+EVICTABLE_BYTES = 512 * 2**20
+FREE_RESERVE_BYTES = 3 * 2**30
+
+
+def _make_room(need: int, path: Path, keep: set[Path]) -> None:
+    """Ensure `need` bytes plus a reserve are free for writing `path`, by removing large generated tiny models under
+    the cache's models folder (every host's), least recently used first, never one of `keep`."""
+    from lora_train.dev.host_builder import cache_dir
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    root = cache_dir() / "models"
+    if shutil.disk_usage(path.parent).free >= need + FREE_RESERVE_BYTES or root not in path.resolve().parents:
+        return
+    files = [f for f in root.rglob("*.safetensors") if f not in keep and f.stat().st_size >= EVICTABLE_BYTES]
+    for old in sorted(files, key=lambda f: f.stat().st_mtime):
+        if shutil.disk_usage(path.parent).free >= need + FREE_RESERVE_BYTES:
+            return
+        if _generator_of(old).startswith("lora_train.dev."):
+            log.info("disk short: removed %s (%.0f MB), rebuilt when next used", old, old.stat().st_size / 1e6)
+            old.unlink(missing_ok=True)
+
+
+def _generator_of(path: Path) -> str:
+    """The `generator` metadata of a safetensors file ("" when absent or unreadable)."""
+    from lora_train.safetensors_file import SafetensorsError, read_header
+
+    try:
+        return read_header(path).metadata.get("generator", "")
+    except (OSError, SafetensorsError):
+        return ""
 
 
 def main(argv: list[str] | None = None) -> int:
