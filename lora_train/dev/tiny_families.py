@@ -305,31 +305,38 @@ _PARTS: dict[tuple[str, str], Callable[[], dict[str, torch.Tensor]]] = {
 
 
 class PrecomputedText:
-    """Stands in for a CLIP whose encoder ComfyUI always builds full size (Qwen2.5-VL 7B): each caption's
-    conditioning is a fixed, seeded tensor of the family's text width, as if encoded once ahead of time. It has the
-    CLIP methods Train LoRA and the samplers call (tokenize, encode_from_tokens, encode_from_tokens_scheduled)."""
+    """Stands in for a CLIP whose encoder ComfyUI always builds full size (Qwen2.5-VL 7B; HiDream's Llama 3.1 8B +
+    T5-XXL): each caption's conditioning is a fixed, seeded tensor of the family's text width, as if encoded once
+    ahead of time, plus a seeded pooled vector (`pooled` wide) and HiDream's stack of Llama hidden states
+    (`llama_layers` of them) where the family takes them. It has the CLIP methods Train LoRA and the samplers call
+    (tokenize, encode_from_tokens, encode_from_tokens_scheduled)."""
 
     patcher = None
     cond_stage_model = None
 
-    def __init__(self, width: int, tokens: int = 8):
-        self.width, self.tokens = width, tokens
+    def __init__(self, width: int, tokens: int = 8, pooled: int = 0, llama_layers: int = 0):
+        self.width, self.tokens, self.pooled, self.llama_layers = width, tokens, pooled, llama_layers
 
     def tokenize(self, text: str) -> str:
         return text
 
-    def _cond(self, text: str) -> torch.Tensor:
+    def _outputs(self, text: str) -> tuple[torch.Tensor, dict]:
         generator = torch.Generator().manual_seed(SEED ^ zlib.crc32(text.encode()))
-        return torch.randn((1, self.tokens, self.width), generator=generator)
+        cond = torch.randn((1, self.tokens, self.width), generator=generator)
+        extra: dict = {"pooled_output": torch.randn((1, self.pooled), generator=generator) if self.pooled else None}
+        if self.llama_layers:
+            shape = (1, self.llama_layers, self.tokens, self.width)
+            extra["conditioning_llama3"] = torch.randn(shape, generator=generator)
+        return cond, extra
 
     def encode_from_tokens(self, tokens: str, return_pooled: bool = False, return_dict: bool = False):
-        cond = self._cond(tokens)
+        cond, extra = self._outputs(tokens)
         if return_dict:
-            return {"cond": cond, "pooled_output": None}
-        return (cond, None) if return_pooled else cond
+            return {"cond": cond, **extra}
+        return (cond, extra["pooled_output"]) if return_pooled else cond
 
     def encode_from_tokens_scheduled(self, tokens: str) -> list:
-        return [[self._cond(tokens), {"pooled_output": None}]]
+        return [list(self._outputs(tokens))]
 
 
 def load_with_precomputed_text(tiny: TinyModel, models_dir: str | Path, width: int) -> tuple:
@@ -343,6 +350,43 @@ def load_with_precomputed_text(tiny: TinyModel, models_dir: str | Path, width: i
         model = comfy.sd.load_diffusion_model(str(paths["diffusion_models"]))
         vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(paths["vae"])))
     return model, PrecomputedText(width), vae
+
+
+# HiDream: detection pins 16 double + 32 single MoE blocks at width 2560 (about 17 B parameters), so no file that
+# ComfyUI detects as HiDream is small. The tiny one is built in-process from ComfyUI's own HiDream config and model
+# class (`supported_models.HiDream`) at width 64, with the real text widths (T5 and Llama 4096, pooled CLIP-L + G
+# 2048). Its encoders (Llama 3.1 8B, T5-XXL) are always full size, so it is fed precomputed conditioning.
+TINY_HIDREAM = {
+    "image_model": "hidream", "patch_size": 2, "in_channels": 16, "out_channels": 16, "num_layers": 1,
+    "num_single_layers": 1, "attention_head_dim": 32, "num_attention_heads": 2, "axes_dims_rope": [16, 8, 8],
+    "caption_channels": [4096, 4096], "text_emb_dim": 2048, "num_routed_experts": 4, "num_activated_experts": 2,
+    "max_resolution": [128, 128], "llama_layers": [0, 1],
+}  # fmt: skip
+
+
+def load_tiny_hidream(models_dir: str | Path) -> tuple:
+    """(MODEL, PrecomputedText, VAE) of a seeded tiny HiDream, loaded as the loader nodes load (under inference
+    mode): ComfyUI's HiDream model and config built in-process (see TINY_HIDREAM), precomputed conditioning of
+    HiDream's text widths, and the tiny 16-channel TAESD (HiDream's latents are Flux's)."""
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    import comfy.sd
+    import comfy.supported_models
+    import comfy.utils
+
+    paths = write_tiny("sd3", models_dir).paths(models_dir)  # holds the 16-channel TAESD
+    config = comfy.supported_models.HiDream(dict(TINY_HIDREAM))
+    config.set_inference_dtype(torch.float32, None)
+    seeded = config.get_model({})
+    _init_(seeded.diffusion_model, _generator("hidream"))
+    state = seeded.diffusion_model.state_dict()
+    with torch.inference_mode():  # as ComfyUI's UNET loader: a fresh model, weights copied in
+        base = config.get_model({})
+        base.load_model_weights(state, "")
+        model = comfy.model_patcher.ModelPatcher(base, mm.get_torch_device(), mm.unet_offload_device())
+        vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(paths["vae"])))
+    text = PrecomputedText(4096, pooled=2048, llama_layers=len(TINY_HIDREAM["llama_layers"]))
+    return model, text, vae
 
 
 def tiny_any(family: str) -> TinyModel:

@@ -58,6 +58,10 @@ FAMILIES: dict[str, FamilySupport] = {
     # Z-Image (incl. Turbo): diffusers' Z-Image names under `diffusion_model.` (qkv split into to_q/to_k/to_v), the
     # layout ai-toolkit writes and diffusers' ZImage loader and ComfyUI's key map read. Qwen3 4B: encode once.
     "ZImage": FamilySupport("z-image/lora", "diffusers_zimage", 1.0, encode_once=True),
+    # HiDream: ComfyUI's module paths are diffusers' own (its key map reads `transformer.<path>`, SimpleTuner's
+    # layout), so diffusers' PEFT keys, what diffusers' HiDream loader and ai-toolkit read. Llama 3.1 8B + T5-XXL +
+    # CLIP-L/G: encode once. Preview CFG 5, HiDream-I1 Full's (Dev and Fast sample at 1: set `sample_cfg`).
+    "HiDream": FamilySupport("hidream-i1/lora", "diffusers_same", 5.0, encode_once=True),
     "WAN21_T2V": FamilySupport("wan-2.1-t2v/lora", "kohya_ldm", 5.0, encode_once=True),
     "WAN22_T2V": FamilySupport("wan-2.2-ti2v-5b/lora", "kohya_ldm", 5.0, encode_once=True),
 }

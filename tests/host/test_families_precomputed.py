@@ -17,6 +17,7 @@ from lora_train.dev.tiny_families import QWEN_TEXT_WIDTH, load_with_precomputed_
 from lora_train.host.comfy_adapter import ComfyHost, apply_lora
 from lora_train.training import train_lora
 from lora_train.training.config import TrainConfig
+from tests.host.inprocess import assert_diffusers_adds_the_same_updates, train_logged
 
 pytestmark = pytest.mark.host
 
@@ -40,35 +41,8 @@ def qwen_trained(comfy_lib, family_models, style_dataset_dir, tmp_path_factory):
     """The tiny Qwen-Image (MODEL, text stand-in, VAE), its training result and the log of the run."""
     tiny = write_tiny_any("qwen_image", family_models)
     model, text, vae = load_with_precomputed_text(tiny, family_models, QWEN_TEXT_WIDTH)
-    cfg = TrainConfig.from_dict(
-        {"rank": 4, "alpha": 4, "steps": 3, "batch_size": 1, "resolution": 64, "output_name": "qwen",
-         "learning_rate": 1e-3}
-    )  # fmt: skip
-    records, logger = _Records(), logging.getLogger("lora_train")
-    level = logger.level
-    logger.addHandler(records)
-    logger.setLevel(logging.INFO)
-    try:
-        with torch.inference_mode():
-            result = train_lora(
-                cfg, load_dataset(style_dataset_dir), ComfyHost(model, text, vae), tmp_path_factory.mktemp("q")
-            )
-    finally:
-        logger.removeHandler(records)
-        logger.setLevel(level)
-    return model, text, vae, result, records.text()
-
-
-class _Records(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.INFO)
-        self.lines: list[str] = []
-
-    def emit(self, record):
-        self.lines.append(record.getMessage())
-
-    def text(self) -> str:
-        return "\n".join(self.lines)
+    result, log = train_logged(model, text, vae, style_dataset_dir, tmp_path_factory.mktemp("q"), "qwen")
+    return model, text, vae, result, log
 
 
 def test_qwen_image_trains_on_precomputed_text_and_its_diffusers_file_loads_in_comfyui(qwen_trained, caplog):
@@ -93,18 +67,9 @@ def test_qwen_image_file_loads_in_diffusers_with_every_key_and_the_same_weight_u
     from diffusers import QwenImagePipeline, QwenImageTransformer2DModel
 
     result = qwen_trained[3]
-    with torch.device("meta"):  # the tiny model's shape; weights are irrelevant to what the LoRA adds
+    with torch.device("meta"):
         transformer = QwenImageTransformer2DModel(num_layers=1)
-    transformer = transformer.to_empty(device="cpu")
-    state = QwenImagePipeline.lora_state_dict(str(result.lora_path))
-    transformer.load_lora_adapter(state, prefix="transformer", adapter_name="trained")
-    tensors = load_file(str(result.lora_path))
-    modules = {k[len("transformer.") : -len(".lora_A.weight")] for k in tensors if k.endswith(".lora_A.weight")}
-    adapted = {name: m for name, m in transformer.named_modules() if "trained" in getattr(m, "lora_A", {})}
-    assert set(adapted) == modules, sorted(set(adapted) ^ modules)[:5]
-    for name in sorted(modules):  # the update diffusers adds is B @ A, the one ComfyUI's loader adds
-        expected = tensors[f"transformer.{name}.lora_B.weight"] @ tensors[f"transformer.{name}.lora_A.weight"]
-        torch.testing.assert_close(adapted[name].get_delta_weight("trained"), expected)
+    assert_diffusers_adds_the_same_updates(transformer, QwenImagePipeline, result.lora_path)
 
 
 @pytest.fixture
