@@ -42,9 +42,9 @@ SETUP = f"""kohya sd-scripts is not set up in {{root}}. Set it up once (nothing 
   1. source: the public repository kohya-ss/sd-scripts at commit {KOHYA_COMMIT}, extracted to {{root}}/sd-scripts
      (git clone https://github.com/kohya-ss/sd-scripts {{root}}/sd-scripts && git -C {{root}}/sd-scripts checkout
      {KOHYA_COMMIT}; two Windows DLLs and a qwen3 tokenizer may be absent: not needed)
-  2. a venv that shares the host's torch:
+  2. a venv that shares the hosts' torch layer:
      python3.11 -m venv {{root}}/venv
-     echo <host venv>/lib/python3.11/site-packages > {{root}}/venv/lib/python3.11/site-packages/zz_host_torch.pth
+     cp <host venv>/lib/python3.11/site-packages/lora_train_torch_layer.pth {{root}}/venv/lib/python3.11/site-packages/
      {{root}}/venv/bin/pip install accelerate==1.6.0 transformers==4.54.1 diffusers==0.32.1 safetensors==0.4.5 \\
          huggingface-hub==0.34.3 ftfy opencv-python-headless==4.10.0.84 einops==0.7.0 toml voluptuous imagesize \\
          "numpy<2.3" rich sentencepiece
