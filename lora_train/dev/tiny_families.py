@@ -51,6 +51,7 @@ NEW_FAMILIES = (
     "hunyuan_video",
     "wan21_t2v",
     "wan22_5b",
+    "wan22_i2v",
 )
 HUNYUAN_VAE_NAME = "tiny_taehv_hunyuan.safetensors"
 # Lumina 2 / Z-Image (NextDiT): the width fixes the rest (2304: Lumina 2, 3840: Z-Image); one layer beside the two
@@ -139,6 +140,14 @@ _MODELS = {
         "wan21_t2v",
         "WAN21_T2V",
         {"diffusion_models": "tiny_wan21_t2v.safetensors", "text_encoders": CLIP_L_NAME, "vae": WAN21_VAE_NAME},
+        "sd3",
+    ),
+    # Wan 2.2 A14B I2V: Wan 2.1's shapes with 36 input channels (latents + mask + start image) and no CLIP vision
+    # embedding, which ComfyUI detects as WAN21_T2V; it samples from WanImageToVideo's start-image conditioning.
+    "wan22_i2v": TinyModel(
+        "wan22_i2v",
+        "WAN21_T2V",
+        {"diffusion_models": "tiny_wan22_i2v.safetensors", "text_encoders": CLIP_L_NAME, "vae": WAN21_VAE_NAME},
         "sd3",
     ),
     # Wan 2.2 TI2V 5B: 48 latent channels at 16x; its real VAE's width is fixed (1.4 GB), so the tiny one is a
@@ -252,11 +261,12 @@ def _taehv(channels: int, dtype: torch.dtype, part: str) -> dict[str, torch.Tens
     return {k: v.to(dtype).contiguous() for k, v in vae.state_dict().items()}
 
 
-def _wan_unet(channels: int, part: str) -> dict[str, torch.Tensor]:
+def _wan_unet(channels: int, part: str, in_dim: int = 0) -> dict[str, torch.Tensor]:
+    """A tiny Wan model of `channels` latent channels (`in_dim` input channels: more for image-to-video)."""
     import comfy.ops
     from comfy.ldm.wan.model import WanModel
 
-    config = {**TINY_WAN, "model_type": "t2v", "in_dim": channels, "out_dim": channels, "num_heads": 1}
+    config = {**TINY_WAN, "model_type": "t2v", "in_dim": in_dim or channels, "out_dim": channels, "num_heads": 1}
     model = WanModel(**config, dtype=torch.float32, operations=comfy.ops.disable_weight_init)
     _init_(model, _generator(part))
     with torch.no_grad():  # adaLN modulation and its head are plain Parameters: small, so blocks start near identity
@@ -299,6 +309,7 @@ _PARTS: dict[tuple[str, str], Callable[[], dict[str, torch.Tensor]]] = {
     ("diffusion_models", "tiny_sd35_medium.safetensors"): lambda: _sd35_unet(medium=True),
     ("diffusion_models", "tiny_wan21_t2v.safetensors"): lambda: _wan_unet(16, "wan21_t2v"),
     ("diffusion_models", "tiny_wan22_5b.safetensors"): lambda: _wan_unet(48, "wan22_5b"),
+    ("diffusion_models", "tiny_wan22_i2v.safetensors"): lambda: _wan_unet(16, "wan22_i2v", in_dim=36),
     ("vae", WAN21_VAE_NAME): _wan21_vae,
     ("vae", WAN22_VAE_NAME): _taew22,
 }

@@ -37,6 +37,14 @@ from lora_train.host.session import (
     protect_inplace_residuals,
     training_attention,
 )
+from lora_train.host.start_image import (
+    START_PREPARE,
+    start_conds,
+    start_image_note,
+    start_video,
+    takes_start_image,
+    with_start_image,
+)
 from lora_train.training import (
     Example,
     LatentCache,
@@ -97,6 +105,7 @@ class ComfyHost:
         self.node_id = node_id
         self.send_event = send_event
         self.architecture = architecture(model, self.family, self.support)
+        self.start_image = takes_start_image(model)
         self.base_model_name = self.family
         self.guidance = 1.0
         self._progress_bar = None
@@ -140,21 +149,26 @@ class ComfyHost:
         stage = self.vae.first_stage_model
         return tensors_identity(stage.state_dict().items(), f"{type(stage).__name__}:{self.vae.vae_dtype}")
 
-    def _raw_latents(self, item, index: int, bucket: tuple[int, int], cache: Any, vae_id: str) -> torch.Tensor:
-        """The VAE's latents of one image at its bucket size: from the disk cache, or encoded (and stored)."""
+    def _raw_latents(
+        self, item, index: int, bucket: tuple[int, int], cache: Any, vae_id: str, start: bool = False
+    ) -> torch.Tensor:
+        """The VAE's latents of one image (or clip) at its bucket size, or with `start` of its start-image video:
+        from the disk cache, or encoded (and stored)."""
         import numpy as np
 
-        key = latent_key(image_digest(item), bucket, vae_id) if cache is not None else ""
-        cached = cache.get(key) if cache is not None else None
-        if cached is not None:
-            return cached
+        key = ""
+        if cache is not None:
+            key = latent_key(image_digest(item) + (f"; {START_PREPARE}" if start else ""), bucket, vae_id)
+            cached = cache.get(key)
+            if cached is not None:
+                return cached
         try:
             images = load_frames(item) if item.frames else [item.load()]
         except Exception as exc:  # PIL and PyAV raise many types for broken files
             raise TrainingError(f"cannot read training image {item.path or index}: {exc}") from exc
         # A clip's frames are one [frames, H, W, C] batch: video VAEs encode it as one clip.
         pixels = np.stack([np.asarray(fit_to_bucket(image, bucket), dtype=np.float32) / 255.0 for image in images])
-        latents = self.vae.encode(torch.from_numpy(pixels)).float().cpu()
+        latents = self.vae.encode(torch.from_numpy(start_video(pixels) if start else pixels)).float().cpu()
         if cache is not None:
             cache.put(key, latents)
         return latents
@@ -195,6 +209,8 @@ class ComfyHost:
         self.check_config(cfg)
         self.check_clips(dataset)
         check_references(self.model, self.family, dataset)
+        if self.start_image:
+            log.info(start_image_note(self.model, self.family))
         self.guidance = cfg.guidance
         texts: dict[str, dict[str, Any]] = {}
         examples = []
@@ -212,6 +228,8 @@ class ComfyHost:
                 latents = self.model.model.process_latent_in(raw).float().cpu()
                 control = control_item(item)
                 refs = [self._raw_latents(control, index, bucket, cache, vae_id)] if control else None
+                if self.start_image:  # image-to-video: the clip's first frame is its start image
+                    refs = start_conds(self._raw_latents(item, index, bucket, cache, vae_id, start=True))
                 caption = caption_with_trigger(item.caption, cfg.trigger_word)
                 for text in (caption, ""):
                     if text not in texts:
@@ -227,7 +245,8 @@ class ComfyHost:
             for latents, caption, repeats, size, refs in examples:
                 latents = latents.clone()
                 # Edit models see the source image with and without the caption (caption dropout keeps it).
-                conds = tuple(self.model_conds(with_references(texts[t], refs), latents, size) for t in (caption, ""))
+                extra = with_start_image if self.start_image else with_references
+                conds = tuple(self.model_conds(extra(texts[t], refs), latents, size) for t in (caption, ""))
                 out.append(Example(latents[0], *conds, repeats=repeats, caption=caption, size=size))
         return out
 

@@ -63,6 +63,8 @@ FAMILIES: dict[str, FamilySupport] = {
     # CLIP-L/G: encode once. Preview CFG 5, HiDream-I1 Full's (Dev and Fast sample at 1: set `sample_cfg`).
     "HiDream": FamilySupport("hidream-i1/lora", "diffusers_same", 5.0, encode_once=True),
     "WAN21_T2V": FamilySupport("wan-2.1-t2v/lora", "kohya_ldm", 5.0, encode_once=True),
+    # Wan 2.1 I2V: each clip's first frame is its start image (host/start_image.py); the same keys as T2V.
+    "WAN21_I2V": FamilySupport("wan-2.1-i2v/lora", "kohya_ldm", 5.0, encode_once=True),
     "WAN22_T2V": FamilySupport("wan-2.2-ti2v-5b/lora", "kohya_ldm", 5.0, encode_once=True),
 }
 
@@ -74,11 +76,12 @@ GENERIC_PREVIEW_CFG = 4.0
 # Families that sample only with conditioning the trainer does not build yet (a start image, control video, audio):
 # the generic path would feed them text alone and fail inside the model, so they are refused by name.
 NEEDS_CONDITIONING = {
-    "WAN21_I2V": "its start-image conditioning (clip vision + the first frame)",
     "WAN21_FunControl2V": "its control video",
     "WAN21_Vace": "its VACE control inputs",
     "WAN22_S2V": "its audio conditioning",
     "WAN22_Animate": "its pose and face conditioning",
+    "WAN21_Camera": "its camera-motion conditioning",
+    "WAN22_Camera": "its camera-motion conditioning",
 }
 
 
@@ -130,9 +133,12 @@ def size_conditioning(original: tuple[int, int], bucket: tuple[int, int]) -> dic
 
 def architecture(model, family: str, support: FamilySupport) -> str:
     """modelspec.architecture of a LoRA for this model: the family's, told apart where one ComfyUI family holds
-    several releases (SD2 512/768-v by its prediction; SD3 / SD3.5 Large / SD3.5 Medium by its blocks)."""
+    several releases (SD2 512/768-v by its prediction; SD3 / SD3.5 Large / SD3.5 Medium by its blocks; Wan 2.1 T2V /
+    Wan 2.2 A14B I2V by its input channels)."""
     if family == "SD20" and not predicts_v(model):
         return "stable-diffusion-v2-512/lora"
+    if family == "WAN21_T2V" and model.model.diffusion_model.patch_embedding.weight.shape[1] == 36:
+        return "wan-2.2-i2v-a14b/lora"  # Wan 2.2 A14B I2V: Wan 2.1's blocks, a start image, no CLIP vision
     if family == "SD3":
         unet = model.model.model_config.unet_config
         if unet.get("x_block_self_attn_layers"):  # MMDiT-X

@@ -191,11 +191,11 @@ def test_a_model_needing_conditioning_the_trainer_does_not_build_is_refused_by_n
     base = type(model.model).__new__(type(model.model))
     base.__dict__.update(model.model.__dict__)
     config = model.model.model_config
-    base.model_config = type("WAN21_I2V", (type(config),), {})(config.unet_config)
-    i2v = model.clone()
-    i2v.model = base
-    with pytest.raises(TrainingError, match=r"detected this model as WAN21_I2V: training it needs its start-image"):
-        ComfyHost(i2v, clip, vae)
+    base.model_config = type("WAN21_FunControl2V", (type(config),), {})(config.unet_config)
+    control = model.clone()
+    control.model = base
+    with pytest.raises(TrainingError, match=r"detected this model as WAN21_FunControl2V: training it needs its cont"):
+        ComfyHost(control, clip, vae)
 
 
 def test_fp8_base_weights_as_comfyui_loads_them_train_with_bf16_autocast(

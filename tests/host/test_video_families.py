@@ -1,6 +1,7 @@
 """Video families: a tiny Wan 2.2 5B-class model trains through the node on a 2-clip dataset and its LoRA changes a
-sampled clip; clips become one latent video each; clip frame counts the VAE cannot take, and clips given to an image
-model, are refused by file before any work."""
+sampled clip; a tiny Wan image-to-video model trains with each clip's first frame as ComfyUI's start image; clips
+become one latent video each; clip frame counts the VAE cannot take, and clips given to an image model, are refused
+by file before any work."""
 
 from __future__ import annotations
 
@@ -99,3 +100,63 @@ def test_clips_the_vae_cannot_take_are_refused_by_file_before_work(
     with pytest.raises(TrainingError, match=message), torch.inference_mode():
         train_lora(cfg, load_dataset(clip_dataset_dir, frames=frames), host, tmp_path / "out")
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir()), "nothing may be written"
+
+
+def _wan_start_image(vae, clip, dataset, frames: int) -> list:
+    """ComfyUI's own WanImageToVideo conditioning for the first clip's first frame (at the 64 px bucket)."""
+    from comfy_extras.nodes_wan import WanImageToVideo
+
+    from lora_train.dataset import fit_to_bucket, load_frames
+
+    first = np.asarray(fit_to_bucket(load_frames(dataset.items[0])[0], (64, 64)), np.float32) / 255.0
+    positive = clip.encode_from_tokens_scheduled(clip.tokenize(dataset.items[0].caption))
+    with torch.inference_mode():
+        output = WanImageToVideo.execute(
+            positive, positive, vae, 64, 64, frames, 1, start_image=torch.from_numpy(first)[None]
+        )
+    return output.args[0]
+
+
+def test_wan_i2v_trains_with_each_clips_first_frame_given_as_comfyuis_start_image(
+    comfy_lib, family_models, clip_dataset_dir, tmp_path, caplog
+):
+    import comfy.sample
+    from safetensors.torch import load_file
+
+    from lora_train.host.comfy_adapter import apply_lora
+
+    model, clip, vae = write_tiny_any("wan22_i2v", family_models).load(family_models)
+    host, dataset = ComfyHost(model, clip, vae), load_dataset(clip_dataset_dir)
+    cfg = TrainConfig.from_dict({"rank": 4, "steps": 2, "resolution": 64, "output_name": "i2v", "learning_rate": 5e-3})
+    with torch.inference_mode():
+        examples = host.encode_examples(dataset, cfg)
+    comfys = _wan_start_image(vae, clip, dataset, frames=9)
+    expected = host.model_conds(
+        {**host.encode_text(dataset.items[0].caption), **comfys[0][1]}, examples[0].latents[None]
+    )
+    torch.testing.assert_close(examples[0].cond["c_concat"].cond, expected["c_concat"].cond)
+    assert "c_concat" in examples[0].empty_cond, "caption dropout keeps the start image"
+
+    seen = []  # the model's input: noise, then the 4-channel mask (given on the first latent frame), then the image
+    hook = model.model.diffusion_model.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach()))
+    try:
+        with torch.inference_mode(), caplog.at_level("INFO"):
+            result = train_lora(cfg, dataset, host, tmp_path)
+    finally:
+        hook.remove()
+    assert "WAN21_T2V takes a start image" in caplog.text
+    assert seen and all(x.shape[1] == 36 for x in seen)
+    assert all(bool((x[:, 16:20, 0] == 1).all() and (x[:, 16:20, 1:] == 0).all()) for x in seen)
+
+    with safe_open(str(result.lora_path), "pt") as handle:
+        assert handle.metadata()["modelspec.architecture"] == "wan-2.2-i2v-a14b/lora"
+    with caplog.at_level("WARNING"):
+        patched, _ = apply_lora(model, None, load_file(str(result.lora_path)), 1.0, 0.0)
+    assert "lora key not loaded" not in caplog.text
+    latent = torch.zeros([1, 16, 3, 8, 8])
+    noise = comfy.sample.prepare_noise(latent, 7)
+    samples = [
+        comfy.sample.sample(m, noise, 2, 4.0, "euler", "normal", comfys, comfys, latent, disable_pbar=True, seed=7)
+        for m in (model, patched)
+    ]
+    assert (samples[1] - samples[0]).abs().mean() > 1e-3, "the I2V LoRA did not change the sampled clip"
