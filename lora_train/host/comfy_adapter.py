@@ -327,6 +327,8 @@ class ComfyHost:
             }
         if naming == "diffusers_same":
             return {"diffusers_pieces": same_name_pieces(base.diffusion_model)}
+        if naming == "comfyui_peft":
+            return {"diffusers_pieces": same_name_pieces(base.diffusion_model), "peft_prefix": "diffusion_model."}
         return {}
 
     # ---- progress and cancel --------------------------------------------------------------------------------

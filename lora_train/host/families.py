@@ -21,8 +21,10 @@ class FamilySupport:
     kohya's Flux keys with BFL names, `lora_unet_double_blocks_0_img_attn_qkv`); `diffusers` = diffusers' PEFT keys
     (`transformer.transformer_blocks.0.attn.to_q.lora_A.weight`, fused qkv split into q/k/v), for SD3, whose kohya
     keys diffusers cannot read; `diffusers_same` = diffusers' PEFT keys where ComfyUI's module paths are diffusers'
-    own (`transformer.<path>.lora_A.weight`: Qwen-Image); `comfyui` = ComfyUI's own naming, what its built-in trainer
-    writes (`diffusion_model.<path>.lora_down.weight`): the generic path, which other tools may not read.
+    own (`transformer.<path>.lora_A.weight`: Qwen-Image, HiDream); `comfyui_peft` = PEFT keys over ComfyUI's module
+    paths (`diffusion_model.<path>.lora_A.weight`: Lumina 2, what diffusers' loader converts); `comfyui` = ComfyUI's
+    own naming, what its built-in trainer writes (`diffusion_model.<path>.lora_down.weight`): the generic path, which
+    other tools may not read.
     """
 
     architecture: str  # modelspec.architecture of the LoRA
@@ -52,9 +54,10 @@ FAMILIES: dict[str, FamilySupport] = {
     "QwenImage": FamilySupport("qwen-image/lora", "diffusers_same", 4.0, encode_once=True),
     # Wan: kohya's layout over Wan's own module names (`lora_unet_blocks_0_self_attn_q`), as musubi-tuner writes it;
     # ComfyUI and diffusers' Wan loader read it. UMT5-XXL: encode once. Wan 2.2 A14B has 2.1's shapes (and class).
-    # Lumina 2: kohya's layout over its NextDiT names (`lora_unet_layers_0_attention_qkv`), as sd-scripts trains it.
-    # Gemma 2B: encode once.
-    "Lumina2": FamilySupport("lumina-2/lora", "kohya_ldm", 4.0, encode_once=True),
+    # Lumina 2: PEFT keys over its NextDiT names under `diffusion_model.` (`diffusion_model.layers.0.attention.qkv.
+    # lora_A.weight`), the layout diffusers' Lumina2 loader converts (with the default all-linear targets: it wants
+    # every block's qkv, out, w1-w3 and modulation) and ComfyUI reads. Gemma 2B: encode once.
+    "Lumina2": FamilySupport("lumina-2/lora", "comfyui_peft", 4.0, encode_once=True),
     # Z-Image (incl. Turbo): diffusers' Z-Image names under `diffusion_model.` (qkv split into to_q/to_k/to_v), the
     # layout ai-toolkit writes and diffusers' ZImage loader and ComfyUI's key map read. Qwen3 4B: encode once.
     "ZImage": FamilySupport("z-image/lora", "diffusers_zimage", 1.0, encode_once=True),

@@ -27,7 +27,9 @@ def _kohya_flux(key: str) -> bool:  # kohya's Flux layout (BFL module names)
     return key.startswith(("lora_unet_double_blocks_", "lora_unet_single_blocks_"))
 
 
-LUMINA_BLOCKS = ("lora_unet_layers_", "lora_unet_noise_refiner_", "lora_unet_context_refiner_")
+def _nextdit_peft(key: str) -> bool:  # PEFT keys over NextDiT's names under diffusion_model. (Lumina 2)
+    blocks = ("diffusion_model.layers.", "diffusion_model.noise_refiner.", "diffusion_model.context_refiner.")
+    return key.startswith(blocks) and key.endswith((".lora_A.weight", ".lora_B.weight"))
 
 
 def _zimage_peft(key: str) -> bool:  # ai-toolkit's Z-Image layout: diffusers names under diffusion_model.
@@ -43,11 +45,7 @@ CASES = {
     "sd35_large": ("stable-diffusion-3.5-large/lora", _diffusers_peft, "SD3 LoRA written in diffusers key naming"),
     "sd35_medium": ("stable-diffusion-3.5-medium/lora", _diffusers_peft, "SD3 LoRA written in diffusers key naming"),
     "chroma": ("chroma/lora", _kohya_flux, "Chroma LoRA written in kohya_ldm key naming"),
-    "lumina2": (
-        "lumina-2/lora",
-        lambda k: k.startswith(LUMINA_BLOCKS),
-        "Lumina2 LoRA written in kohya_ldm key naming",
-    ),
+    "lumina2": ("lumina-2/lora", _nextdit_peft, "Lumina2 LoRA written in comfyui_peft key naming"),
     "zimage": ("z-image/lora", _zimage_peft, "ZImage LoRA written in diffusers_zimage key naming"),
     "flux2": ("flux-2-dev/lora", _kohya_flux, "Flux2 LoRA written in kohya_ldm key naming"),
     "wan21_t2v": (
