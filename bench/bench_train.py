@@ -114,6 +114,15 @@ def worker_ours(comfyui: str, dataset_dir: str, steps: int, settings: dict) -> t
     return seconds, memory.extra_mb
 
 
+def _with_schema_defaults(node, inputs: dict) -> dict:
+    """`inputs` plus the schema default (as a one-item list: the node takes lists) of every input not given, so the
+    call fits hosts whose node gained inputs (0.33: quantized_backward, offloading, bucket_mode, ...)."""
+    for item in node.define_schema().inputs:
+        if item.id not in inputs and getattr(item, "default", None) is not None:
+            inputs[item.id] = [item.default]
+    return inputs
+
+
 def worker_builtin(comfyui: str, dataset_dir: str, steps: int) -> tuple[float, float]:
     import numpy as np
     import torch
@@ -131,22 +140,27 @@ def worker_builtin(comfyui: str, dataset_dir: str, steps: int) -> tuple[float, f
         memory = RssPeak().__enter__()
         start = time.perf_counter()  # encoding stays outside the timed span, as for ours
         TrainLoraNode.execute(
-            model=[model],
-            latents=latents,
-            positive=positive,
-            batch_size=[BATCH],
-            steps=[steps],
-            grad_accumulation_steps=[1],
-            learning_rate=[LR],
-            rank=[RANK],
-            optimizer=["AdamW"],
-            loss_function=["MSE"],
-            seed=[SEED],
-            training_dtype=["fp32"],
-            lora_dtype=["fp32"],
-            algorithm=["LoRA"],
-            gradient_checkpointing=[False],
-            existing_lora=["[None]"],
+            **_with_schema_defaults(
+                TrainLoraNode,
+                {
+                    "model": [model],
+                    "latents": latents,
+                    "positive": positive,
+                    "batch_size": [BATCH],
+                    "steps": [steps],
+                    "grad_accumulation_steps": [1],
+                    "learning_rate": [LR],
+                    "rank": [RANK],
+                    "optimizer": ["AdamW"],
+                    "loss_function": ["MSE"],
+                    "seed": [SEED],
+                    "training_dtype": ["fp32"],
+                    "lora_dtype": ["fp32"],
+                    "algorithm": ["LoRA"],
+                    "gradient_checkpointing": [False],
+                    "existing_lora": ["[None]"],
+                },
+            )
         )
         seconds = time.perf_counter() - start
         memory.__exit__()

@@ -217,14 +217,16 @@ def kohya_missing(root: Path) -> str | None:
 
 def prepare_work(work: Path, host_python: str, comfyui: str) -> None:
     """The random checkpoint, the dataset (kohya's `N_name` folder, which our loader reads too) and kohya's
-    offline CLIP tokenizer (ComfyUI's copy, model_max_length 77)."""
-    from lora_train.dev.synthetic import write_style_dataset
-
+    offline CLIP tokenizer (ComfyUI's copy, model_max_length 77). What needs torch or PIL runs in the host's python:
+    this process may be any python3."""
     checkpoint = work / "random_sd15_full.safetensors"
     if not checkpoint.is_file():
         subprocess.run([host_python, "-m", "lora_train.dev.full_models", str(checkpoint), "--comfyui", comfyui],
                        cwd=REPO, check=True)  # fmt: skip
-    write_style_dataset(work / "data" / "1_style", count=8, size=RESOLUTION)
+    data = work / "data" / "1_style"
+    write = "import sys; from lora_train.dev.synthetic import write_style_dataset as w; "
+    write += "w(sys.argv[1], count=8, size=int(sys.argv[2]))"
+    subprocess.run([host_python, "-c", write, str(data), str(RESOLUTION)], cwd=REPO, check=True)
     tokenizer = work / "tokenizer" / "openai_clip-vit-large-patch14"
     if not (tokenizer / "tokenizer_config.json").is_file():
         tokenizer.mkdir(parents=True, exist_ok=True)
