@@ -210,7 +210,7 @@ class ComfyHost:
         self.check_clips(dataset)
         check_references(self.model, self.family, dataset)
         if self.start_image:
-            log.info(start_image_note(self.model, self.family))
+            log.info(start_image_note(self.family))
         self.guidance = cfg.guidance
         texts: dict[str, dict[str, Any]] = {}
         examples = []

@@ -1,8 +1,8 @@
-"""Image-to-video models (Wan 2.1 I2V; Wan 2.2 A14B I2V, which ComfyUI detects as Wan T2V with 36 input channels):
+"""Image-to-video models (Wan 2.2 A14B I2V, which ComfyUI detects as Wan T2V with 36 input channels):
 each clip's first frame is its start image, given to the model as ComfyUI's WanImageToVideo node gives it: the VAE
 encoding of that frame followed by grey frames (`concat_latent_image`) and a mask marking the first latent frame as
 given (`concat_mask`); the model's own `concat_cond` turns them into its extra input channels. A still trains as a
-one-frame clip whose start image is itself. CLIP vision features (Wan 2.1 I2V's image embedding) are not given."""
+one-frame clip whose start image is itself. (Wan 2.1 I2V also reads CLIP vision features: refused, families.py.)"""
 
 from __future__ import annotations
 
@@ -25,12 +25,9 @@ def takes_start_image(model) -> bool:
     return in_channels == 2 * base.latent_format.latent_channels + 4
 
 
-def start_image_note(model, family: str) -> str:
+def start_image_note(family: str) -> str:
     """The log line saying how this image-to-video model is trained."""
-    note = f"{family} takes a start image: each clip's first frame is given as WanImageToVideo gives it"
-    if getattr(model.model.diffusion_model, "img_emb", None) is not None:
-        note += " (without CLIP vision features, which it also reads when sampling)"
-    return note
+    return f"{family} takes a start image: each clip's first frame is given as WanImageToVideo gives it"
 
 
 def start_video(pixels: np.ndarray) -> np.ndarray:

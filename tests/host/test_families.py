@@ -186,16 +186,19 @@ def test_a_model_without_a_noise_schedule_is_refused_naming_what_comfyui_detecte
     assert model.model.model_sampling is not None, "the shared model was changed"
 
 
-def test_a_model_needing_conditioning_the_trainer_does_not_build_is_refused_by_name(tiny_checkpoint):
+@pytest.mark.parametrize("family, needs", [
+    ("WAN21_I2V", "CLIP vision features of each clip's start image"), ("WAN21_FunControl2V", "its control video"),
+])  # fmt: skip
+def test_a_model_needing_conditioning_the_trainer_does_not_build_is_refused_by_name(tiny_checkpoint, family, needs):
     model, clip, vae = tiny_checkpoint
     base = type(model.model).__new__(type(model.model))
     base.__dict__.update(model.model.__dict__)
     config = model.model.model_config
-    base.model_config = type("WAN21_FunControl2V", (type(config),), {})(config.unet_config)
-    control = model.clone()
-    control.model = base
-    with pytest.raises(TrainingError, match=r"detected this model as WAN21_FunControl2V: training it needs its cont"):
-        ComfyHost(control, clip, vae)
+    base.model_config = type(family, (type(config),), {})(config.unet_config)
+    unsupported = model.clone()
+    unsupported.model = base
+    with pytest.raises(TrainingError, match=rf"detected this model as {family}: training it needs {needs}"):
+        ComfyHost(unsupported, clip, vae)
 
 
 def test_fp8_base_weights_as_comfyui_loads_them_train_with_bf16_autocast(
