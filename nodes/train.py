@@ -66,13 +66,20 @@ class TrainLoRA:
                     DATASET_TYPE,
                     {"tooltip": "Images to measure the validation loss on (besides any validation_split)."},
                 ),
+                "clip_vision": (
+                    "CLIP_VISION",
+                    {
+                        "tooltip": "Wan 2.1 image-to-video only: the CLIP vision model (clip_vision_h) that encodes each "
+                        "clip's start image, as for WanImageToVideo."
+                    },
+                ),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
     def execute(
         self, model, clip, vae, dataset=None, images=None, captions="", unique_id=None, reg_dataset=None,
-        validation_dataset=None, **widgets,
+        validation_dataset=None, clip_vision=None, **widgets,
     ):  # fmt: skip
         from lora_train.dataset import dataset_from_images
         from lora_train.host.comfy_adapter import ComfyHost, apply_lora, send_event_to_client
@@ -83,7 +90,7 @@ class TrainLoRA:
             if images is None:
                 raise TrainingError("connect a dataset (Load LoRA Dataset) or images + captions to Train LoRA")
             dataset = dataset_from_images(images, captions.splitlines() or [""])
-        host = ComfyHost(model, clip, vae, node_id=unique_id, send_event=send_event_to_client)
+        host = ComfyHost(model, clip, vae, node_id=unique_id, send_event=send_event_to_client, clip_vision=clip_vision)
         result = train_lora(cfg, dataset, host, loras_dir(), reg_dataset=reg_dataset,
                             validation_dataset=validation_dataset)  # fmt: skip
         strength_clip = 1.0 if cfg.train_text_encoder else 0.0

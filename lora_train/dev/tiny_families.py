@@ -52,6 +52,7 @@ NEW_FAMILIES = (
     "wan21_t2v",
     "wan22_5b",
     "wan22_i2v",
+    "wan21_i2v",
 )
 HUNYUAN_VAE_NAME = "tiny_taehv_hunyuan.safetensors"
 # Lumina 2 / Z-Image (NextDiT): the width fixes the rest (2304: Lumina 2, 3840: Z-Image); one layer beside the two
@@ -148,6 +149,14 @@ _MODELS = {
         "wan22_i2v",
         "WAN21_T2V",
         {"diffusion_models": "tiny_wan22_i2v.safetensors", "text_encoders": CLIP_L_NAME, "vae": WAN21_VAE_NAME},
+        "sd3",
+    ),
+    # Wan 2.1 I2V: as Wan 2.2 A14B I2V plus the CLIP vision image embedding (`img_emb`, 1280 wide: ViT-H's features),
+    # which ComfyUI detects as WAN21_I2V; fed the tiny CLIP vision of `load_tiny_clip_vision`.
+    "wan21_i2v": TinyModel(
+        "wan21_i2v",
+        "WAN21_I2V",
+        {"diffusion_models": "tiny_wan21_i2v.safetensors", "text_encoders": CLIP_L_NAME, "vae": WAN21_VAE_NAME},
         "sd3",
     ),
     # Wan 2.2 TI2V 5B: 48 latent channels at 16x; its real VAE's width is fixed (1.4 GB), so the tiny one is a
@@ -261,12 +270,13 @@ def _taehv(channels: int, dtype: torch.dtype, part: str) -> dict[str, torch.Tens
     return {k: v.to(dtype).contiguous() for k, v in vae.state_dict().items()}
 
 
-def _wan_unet(channels: int, part: str, in_dim: int = 0) -> dict[str, torch.Tensor]:
-    """A tiny Wan model of `channels` latent channels (`in_dim` input channels: more for image-to-video)."""
+def _wan_unet(channels: int, part: str, in_dim: int = 0, model_type: str = "t2v") -> dict[str, torch.Tensor]:
+    """A tiny Wan model of `channels` latent channels (`in_dim` input channels: more for image-to-video; model type
+    `i2v` adds the CLIP vision image embedding)."""
     import comfy.ops
     from comfy.ldm.wan.model import WanModel
 
-    config = {**TINY_WAN, "model_type": "t2v", "in_dim": in_dim or channels, "out_dim": channels, "num_heads": 1}
+    config = {**TINY_WAN, "model_type": model_type, "in_dim": in_dim or channels, "out_dim": channels, "num_heads": 1}
     model = WanModel(**config, dtype=torch.float32, operations=comfy.ops.disable_weight_init)
     _init_(model, _generator(part))
     with torch.no_grad():  # adaLN modulation and its head are plain Parameters: small, so blocks start near identity
@@ -310,6 +320,7 @@ _PARTS: dict[tuple[str, str], Callable[[], dict[str, torch.Tensor]]] = {
     ("diffusion_models", "tiny_wan21_t2v.safetensors"): lambda: _wan_unet(16, "wan21_t2v"),
     ("diffusion_models", "tiny_wan22_5b.safetensors"): lambda: _wan_unet(48, "wan22_5b"),
     ("diffusion_models", "tiny_wan22_i2v.safetensors"): lambda: _wan_unet(16, "wan22_i2v", in_dim=36),
+    ("diffusion_models", "tiny_wan21_i2v.safetensors"): lambda: _wan_unet(16, "wan21_i2v", 36, model_type="i2v"),
     ("vae", WAN21_VAE_NAME): _wan21_vae,
     ("vae", WAN22_VAE_NAME): _taew22,
 }
@@ -398,6 +409,31 @@ def load_tiny_hidream(models_dir: str | Path) -> tuple:
         vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(paths["vae"])))
     text = PrecomputedText(4096, pooled=2048, llama_layers=len(TINY_HIDREAM["llama_layers"]))
     return model, text, vae
+
+
+# ComfyUI's ViT-H CLIP vision (Wan's clip_vision_h) at two layers (the features are the penultimate layer's): its
+# 1280-wide features are what Wan 2.1 I2V's image embedding reads. Detection needs the full 32 layers, so it is built
+# in-process from ComfyUI's own class.
+TINY_CLIP_VISION_H = {
+    "hidden_act": "gelu", "hidden_size": 1280, "image_size": 224, "intermediate_size": 1280, "layer_norm_eps": 1e-5,
+    "model_type": "clip_vision_model", "num_attention_heads": 16, "num_channels": 3, "num_hidden_layers": 2,
+    "patch_size": 14, "projection_dim": 1024,
+}  # fmt: skip
+
+
+def load_tiny_clip_vision(folder: str | Path):
+    """A seeded tiny CLIP_VISION (ComfyUI's ClipVisionModel of TINY_CLIP_VISION_H; its config file goes in
+    `folder`), as Load CLIP Vision gives it."""
+    import json
+
+    import comfy.clip_vision
+
+    config = Path(folder) / "tiny_clip_vision_h.json"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(json.dumps(TINY_CLIP_VISION_H))
+    clip_vision = comfy.clip_vision.ClipVisionModel(str(config))
+    _init_(clip_vision.model, _generator("clip_vision_h"))
+    return clip_vision
 
 
 def tiny_any(family: str) -> TinyModel:

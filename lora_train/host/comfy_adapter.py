@@ -39,6 +39,8 @@ from lora_train.host.session import (
 )
 from lora_train.host.start_image import (
     START_PREPARE,
+    check_clip_vision,
+    reads_clip_vision,
     start_conds,
     start_image_note,
     start_video,
@@ -92,7 +94,9 @@ def caption_with_trigger(caption: str, trigger: str) -> str:
 class ComfyHost:
     """Adapter from a ComfyUI MODEL (+ CLIP, VAE) to the trainer's `TrainingHost` protocol."""
 
-    def __init__(self, model, clip, vae, *, node_id: str | None = None, send_event: Callable | None = None):
+    def __init__(
+        self, model, clip, vae, *, node_id: str | None = None, send_event: Callable | None = None, clip_vision=None
+    ):
         try:
             check_host()
         except HostTooOld as exc:
@@ -106,6 +110,7 @@ class ComfyHost:
         self.send_event = send_event
         self.architecture = architecture(model, self.family, self.support)
         self.start_image = takes_start_image(model)
+        self.clip_vision = clip_vision  # CLIP_VISION: image-to-video models that read its features
         self.base_model_name = self.family
         self.guidance = 1.0
         self._progress_bar = None
@@ -154,24 +159,28 @@ class ComfyHost:
     ) -> torch.Tensor:
         """The VAE's latents of one image (or clip) at its bucket size, or with `start` of its start-image video:
         from the disk cache, or encoded (and stored)."""
-        import numpy as np
-
         key = ""
         if cache is not None:
             key = latent_key(image_digest(item) + (f"; {START_PREPARE}" if start else ""), bucket, vae_id)
             cached = cache.get(key)
             if cached is not None:
                 return cached
-        try:
-            images = load_frames(item) if item.frames else [item.load()]
-        except Exception as exc:  # PIL and PyAV raise many types for broken files
-            raise TrainingError(f"cannot read training image {item.path or index}: {exc}") from exc
-        # A clip's frames are one [frames, H, W, C] batch: video VAEs encode it as one clip.
-        pixels = np.stack([np.asarray(fit_to_bucket(image, bucket), dtype=np.float32) / 255.0 for image in images])
+        pixels = self._pixels(item, index, bucket)
         latents = self.vae.encode(torch.from_numpy(start_video(pixels) if start else pixels)).float().cpu()
         if cache is not None:
             cache.put(key, latents)
         return latents
+
+    def _pixels(self, item, index: int, bucket: tuple[int, int]):
+        """An image (or a clip's frames) fitted to its bucket: one [frames, H, W, C] float array in 0..1 (video VAEs
+        encode a clip as one batch)."""
+        import numpy as np
+
+        try:
+            images = load_frames(item) if item.frames else [item.load()]
+        except Exception as exc:  # PIL and PyAV raise many types for broken files
+            raise TrainingError(f"cannot read training image {item.path or index}: {exc}") from exc
+        return np.stack([np.asarray(fit_to_bucket(image, bucket), dtype=np.float32) / 255.0 for image in images])
 
     def check_config(self, cfg: TrainConfig) -> None:
         """Settings this family cannot train with, refused before any work starts."""
@@ -210,6 +219,7 @@ class ComfyHost:
         self.check_clips(dataset)
         check_references(self.model, self.family, dataset)
         if self.start_image:
+            check_clip_vision(self.model, self.family, self.clip_vision)
             log.info(start_image_note(self.family))
         self.guidance = cfg.guidance
         texts: dict[str, dict[str, Any]] = {}
@@ -230,6 +240,9 @@ class ComfyHost:
                 refs = [self._raw_latents(control, index, bucket, cache, vae_id)] if control else None
                 if self.start_image:  # image-to-video: the clip's first frame is its start image
                     refs = start_conds(self._raw_latents(item, index, bucket, cache, vae_id, start=True))
+                    if reads_clip_vision(self.model):  # as CLIPVisionEncode (crop center) gives them
+                        first = torch.from_numpy(self._pixels(item, index, bucket)[:1])
+                        refs["clip_vision_output"] = self.clip_vision.encode_image(first, crop=True)
                 caption = caption_with_trigger(item.caption, cfg.trigger_word)
                 for text in (caption, ""):
                     if text not in texts:

@@ -66,6 +66,8 @@ FAMILIES: dict[str, FamilySupport] = {
     # CLIP-L/G: encode once. Preview CFG 5, HiDream-I1 Full's (Dev and Fast sample at 1: set `sample_cfg`).
     "HiDream": FamilySupport("hidream-i1/lora", "diffusers_same", 5.0, encode_once=True),
     "WAN21_T2V": FamilySupport("wan-2.1-t2v/lora", "kohya_ldm", 5.0, encode_once=True),
+    # Wan 2.1 I2V: each clip's first frame is its start image, with its CLIP vision features (host/start_image.py).
+    "WAN21_I2V": FamilySupport("wan-2.1-i2v/lora", "kohya_ldm", 5.0, encode_once=True),
     "WAN22_T2V": FamilySupport("wan-2.2-ti2v-5b/lora", "kohya_ldm", 5.0, encode_once=True),
 }
 
@@ -77,9 +79,6 @@ GENERIC_PREVIEW_CFG = 4.0
 # Families that sample only with conditioning the trainer does not build yet (a start image, control video, audio):
 # the generic path would feed them text alone and fail inside the model, so they are refused by name.
 NEEDS_CONDITIONING = {
-    # Wan 2.1 I2V also reads CLIP vision features of the start image (its image embedding); trained without them it
-    # would learn a regime it is never sampled in. (Wan 2.2 A14B I2V reads none: it trains, host/start_image.py.)
-    "WAN21_I2V": "CLIP vision features of each clip's start image (clip_vision_output)",
     "WAN21_FunControl2V": "its control video",
     "WAN21_Vace": "its VACE control inputs",
     "WAN22_S2V": "its audio conditioning",

@@ -1,8 +1,9 @@
-"""Image-to-video models (Wan 2.2 A14B I2V, which ComfyUI detects as Wan T2V with 36 input channels):
+"""Image-to-video models (Wan 2.1 I2V; Wan 2.2 A14B I2V, which ComfyUI detects as Wan T2V with 36 input channels):
 each clip's first frame is its start image, given to the model as ComfyUI's WanImageToVideo node gives it: the VAE
 encoding of that frame followed by grey frames (`concat_latent_image`) and a mask marking the first latent frame as
 given (`concat_mask`); the model's own `concat_cond` turns them into its extra input channels. A still trains as a
-one-frame clip whose start image is itself. (Wan 2.1 I2V also reads CLIP vision features: refused, families.py.)"""
+one-frame clip whose start image is itself. Wan 2.1 I2V also reads CLIP vision features of the start image
+(`clip_vision_output`, as CLIPVisionEncode gives them to WanImageToVideo): the CLIP vision model must be given."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from lora_train.training import TrainingError
 
 # What the start-image latents are encoded from (part of their latent-cache key).
 START_PREPARE = "first frame then grey 0.5 frames, as WanImageToVideo (start_image v1)"
@@ -23,6 +26,20 @@ def takes_start_image(model) -> bool:
         return False
     in_channels = base.diffusion_model.patch_embedding.weight.shape[1]
     return in_channels == 2 * base.latent_format.latent_channels + 4
+
+
+def reads_clip_vision(model) -> bool:
+    """Whether the model embeds CLIP vision features of the start image (Wan 2.1 I2V's `img_emb`)."""
+    return getattr(model.model.diffusion_model, "img_emb", None) is not None
+
+
+def check_clip_vision(model, family: str, clip_vision) -> None:
+    """A model that reads CLIP vision features trains only with the CLIP vision model; refused before any work."""
+    if clip_vision is None and reads_clip_vision(model):
+        raise TrainingError(
+            f"{family} also reads CLIP vision features of each clip's start image: connect a Load CLIP Vision "
+            "(clip_vision_h) to Train LoRA's clip_vision input, as for WanImageToVideo. Nothing was trained."
+        )
 
 
 def start_image_note(family: str) -> str:
@@ -48,4 +65,4 @@ def with_start_image(text_out: dict[str, Any], start: dict[str, Any] | None) -> 
     """The text encoder's output plus the example's start-image conditioning (fresh tensors for autograd)."""
     if not start:
         return text_out
-    return {**text_out, **{k: v.clone() for k, v in start.items()}}
+    return {**text_out, **{k: v.clone() if torch.is_tensor(v) else v for k, v in start.items()}}

@@ -187,7 +187,7 @@ def test_a_model_without_a_noise_schedule_is_refused_naming_what_comfyui_detecte
 
 
 @pytest.mark.parametrize("family, needs", [
-    ("WAN21_I2V", "CLIP vision features of each clip's start image"), ("WAN21_FunControl2V", "its control video"),
+    ("WAN21_FunControl2V", "its control video"), ("WAN22_Camera", "its camera-motion conditioning"),
 ])  # fmt: skip
 def test_a_model_needing_conditioning_the_trainer_does_not_build_is_refused_by_name(tiny_checkpoint, family, needs):
     model, clip, vae = tiny_checkpoint

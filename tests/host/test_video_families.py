@@ -102,54 +102,72 @@ def test_clips_the_vae_cannot_take_are_refused_by_file_before_work(
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir()), "nothing may be written"
 
 
-def _wan_start_image(vae, clip, dataset, frames: int) -> list:
-    """ComfyUI's own WanImageToVideo conditioning for the first clip's first frame (at the 64 px bucket)."""
+def _wan_start_image(vae, clip, dataset, frames: int, clip_vision=None) -> list:
+    """ComfyUI's own WanImageToVideo conditioning for the first clip's first frame (at the 64 px bucket), with
+    CLIPVisionEncode's features of it (crop center) when a CLIP vision model is given."""
     from comfy_extras.nodes_wan import WanImageToVideo
 
     from lora_train.dataset import fit_to_bucket, load_frames
 
     first = np.asarray(fit_to_bucket(load_frames(dataset.items[0])[0], (64, 64)), np.float32) / 255.0
+    start = torch.from_numpy(first)[None]
     positive = clip.encode_from_tokens_scheduled(clip.tokenize(dataset.items[0].caption))
     with torch.inference_mode():
+        features = clip_vision.encode_image(start, crop=True) if clip_vision is not None else None
         output = WanImageToVideo.execute(
-            positive, positive, vae, 64, 64, frames, 1, start_image=torch.from_numpy(first)[None]
+            positive, positive, vae, 64, 64, frames, 1, start_image=start, clip_vision_output=features
         )
     return output.args[0]
 
 
+# tiny family -> (the architecture its file names, the conditions its training forwards must see)
+I2V = {
+    "wan22_i2v": ("wan-2.2-i2v-a14b/lora", ("c_concat",)),
+    "wan21_i2v": ("wan-2.1-i2v/lora", ("c_concat", "clip_fea")),
+}
+
+
+@pytest.mark.parametrize("family", sorted(I2V))
 def test_wan_i2v_trains_with_each_clips_first_frame_given_as_comfyuis_start_image(
-    comfy_lib, family_models, clip_dataset_dir, tmp_path, caplog
+    comfy_lib, family_models, clip_dataset_dir, tmp_path, caplog, family
 ):
     import comfy.sample
     from safetensors.torch import load_file
 
+    from lora_train.dev.tiny_families import load_tiny_clip_vision
     from lora_train.host.comfy_adapter import apply_lora
 
-    model, clip, vae = write_tiny_any("wan22_i2v", family_models).load(family_models)
-    host, dataset = ComfyHost(model, clip, vae), load_dataset(clip_dataset_dir)
+    architecture, conds = I2V[family]
+    model, clip, vae = write_tiny_any(family, family_models).load(family_models)
+    clip_vision = load_tiny_clip_vision(tmp_path) if "clip_fea" in conds else None
+    host, dataset = ComfyHost(model, clip, vae, clip_vision=clip_vision), load_dataset(clip_dataset_dir)
     cfg = TrainConfig.from_dict({"rank": 4, "steps": 2, "resolution": 64, "output_name": "i2v", "learning_rate": 5e-3})
     with torch.inference_mode():
         examples = host.encode_examples(dataset, cfg)
-    comfys = _wan_start_image(vae, clip, dataset, frames=9)
+    comfys = _wan_start_image(vae, clip, dataset, 9, clip_vision)
     expected = host.model_conds(
         {**host.encode_text(dataset.items[0].caption), **comfys[0][1]}, examples[0].latents[None]
     )
-    torch.testing.assert_close(examples[0].cond["c_concat"].cond, expected["c_concat"].cond)
-    assert "c_concat" in examples[0].empty_cond, "caption dropout keeps the start image"
+    for name in conds:
+        torch.testing.assert_close(examples[0].cond[name].cond, expected[name].cond)
+        assert name in examples[0].empty_cond, "caption dropout keeps the start image"
 
     seen = []  # the model's input: noise, then the 4-channel mask (given on the first latent frame), then the image
-    hook = model.model.diffusion_model.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach()))
+    hook = model.model.diffusion_model.register_forward_pre_hook(
+        lambda _m, args, kwargs: seen.append((args[0].detach(), kwargs.get("clip_fea"))), with_kwargs=True
+    )
     try:
         with torch.inference_mode(), caplog.at_level("INFO"):
-            result = train_lora(cfg, dataset, host, tmp_path)
+            result = train_lora(cfg, dataset, host, tmp_path / "out")
     finally:
         hook.remove()
-    assert "WAN21_T2V takes a start image" in caplog.text
-    assert seen and all(x.shape[1] == 36 for x in seen)
-    assert all(bool((x[:, 16:20, 0] == 1).all() and (x[:, 16:20, 1:] == 0).all()) for x in seen)
+    assert "takes a start image" in caplog.text
+    assert seen and all(x.shape[1] == 36 for x, _ in seen)
+    assert all(bool((x[:, 16:20, 0] == 1).all() and (x[:, 16:20, 1:] == 0).all()) for x, _ in seen)
+    assert all((features is not None) == ("clip_fea" in conds) for _, features in seen)
 
     with safe_open(str(result.lora_path), "pt") as handle:
-        assert handle.metadata()["modelspec.architecture"] == "wan-2.2-i2v-a14b/lora"
+        assert handle.metadata()["modelspec.architecture"] == architecture
     with caplog.at_level("WARNING"):
         patched, _ = apply_lora(model, None, load_file(str(result.lora_path)), 1.0, 0.0)
     assert "lora key not loaded" not in caplog.text
@@ -160,3 +178,14 @@ def test_wan_i2v_trains_with_each_clips_first_frame_given_as_comfyuis_start_imag
         for m in (model, patched)
     ]
     assert (samples[1] - samples[0]).abs().mean() > 1e-3, "the I2V LoRA did not change the sampled clip"
+
+
+def test_wan21_i2v_without_the_clip_vision_model_is_refused_before_work(
+    comfy_lib, family_models, clip_dataset_dir, tmp_path
+):
+    model, clip, vae = write_tiny_any("wan21_i2v", family_models).load(family_models)
+    cfg = TrainConfig.from_dict({"rank": 4, "steps": 1, "resolution": 64, "output_name": "refused"})
+    with pytest.raises(TrainingError, match=r"WAN21_I2V also reads CLIP vision features .* clip_vision input"):
+        with torch.inference_mode():
+            train_lora(cfg, load_dataset(clip_dataset_dir), ComfyHost(model, clip, vae), tmp_path / "out")
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir()), "nothing may be written"
