@@ -20,12 +20,13 @@ from pathlib import Path
 
 import torch
 
-from lora_train.dev.tiny_models import TINY_SD15_UNET, TINY_SDXL_UNET, _write_safetensors
+from lora_train.dev.tiny_models import TINY_SD15_UNET, TINY_SDXL_UNET, _init_, _write_safetensors
 
 log = logging.getLogger(__name__)
 
 FULL_SD15_NAME = "random_sd15_full.safetensors"
 SEED = 1505
+INIT_STD = 0.02  # N(0, 0.02) for tensors of two or more dimensions
 # SD1.5's UNet in ComfyUI's UNetModel arguments: attention at the first three levels, none at the fourth.
 FULL_SD15_UNET = {
     **TINY_SD15_UNET,
@@ -59,18 +60,6 @@ SD15_VAE = {
 }
 
 
-def _init_(module: torch.nn.Module, generator: torch.Generator) -> None:
-    """N(0, 0.02) for >= 2-D weights, 1 for 1-D weights (norms), 0 for biases."""
-    with torch.no_grad():
-        for name, param in module.named_parameters():
-            if name.endswith("bias"):
-                param.zero_()
-            elif param.ndim == 1:
-                param.fill_(1.0)
-            else:
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.02)
-
-
 def _half_state(module: torch.nn.Module, prefix: str, skip: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
     return {
         prefix + k: v.half().contiguous()
@@ -89,19 +78,19 @@ def full_sd15_state_dict(seed: int = SEED) -> dict[str, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
     state: dict[str, torch.Tensor] = {}
     unet = UNetModel(**FULL_SD15_UNET, operations=comfy.ops.disable_weight_init)
-    _init_(unet, generator)
+    _init_(unet, generator, std=INIT_STD)
     state.update(_half_state(unet, "model.diffusion_model."))
     del unet
     gc.collect()
     vae = AutoencoderKL(ddconfig=SD15_VAE, embed_dim=4)
-    _init_(vae, generator)
+    _init_(vae, generator, std=INIT_STD)
     state.update(_half_state(vae, "first_stage_model."))
     del vae
     config_path = Path(comfy.clip_model.__file__).parent / "sd1_clip_config.json"
     clip = comfy.clip_model.CLIPTextModel(
         json.loads(config_path.read_text()), torch.float32, "cpu", comfy.ops.disable_weight_init
     )
-    _init_(clip, generator)
+    _init_(clip, generator, std=INIT_STD)
     # SD1.5 files hold no text projection (kohya's loader is strict about it).
     state.update(_half_state(clip, "cond_stage_model.transformer.", skip=("text_projection",)))
     return state

@@ -203,6 +203,13 @@ def _host_requirements(comfyui: Path) -> list[str]:
     return reqs
 
 
+def _constraints(folder: Path) -> Path:
+    """A pip constraints file in `folder` pinning TORCH_PINS, so no install can swap torch for another build."""
+    path = folder / "constraints.txt"
+    path.write_text("\n".join(TORCH_PINS) + "\n")
+    return path
+
+
 def _torch_layer() -> Path:
     """The pinned torch family (about 5.5 GB with its CUDA libraries), installed once into a folder that every
     host venv puts on its path: one copy on disk, not one per host."""
@@ -217,10 +224,8 @@ def _torch_layer() -> Path:
 def _install_torch_layer(root: Path, site: Path, stamp: Path) -> None:
     shutil.rmtree(site, ignore_errors=True)
     stamp.unlink(missing_ok=True)
-    constraints = root / "constraints.txt"
-    constraints.write_text("\n".join(TORCH_PINS) + "\n")
     pip = [sys.executable, "-m", "pip", "install", "-q", "--no-cache-dir", "--disable-pip-version-check"]
-    _run("install torch", [*pip, "-c", str(constraints), "--target", str(site), *TORCH_PINS])
+    _run("install torch", [*pip, "-c", str(_constraints(root)), "--target", str(site), *TORCH_PINS])
     stamp.write_text(" ".join(TORCH_PINS))
 
 
@@ -246,10 +251,8 @@ def _build_venv(root: Path, recipe: HostRecipe) -> None:
     if not has_layer or not (venv / "bin" / "python").exists():
         _new_venv(venv, torch_site)  # also replaces a venv from before the shared layer, with its own 5.5 GB torch
     python = str(venv / "bin" / "python")
-    constraints = root / "constraints.txt"
-    constraints.write_text("\n".join(TORCH_PINS) + "\n")
     pip = [python, "-m", "pip", "install", "-q", "--no-cache-dir", "--disable-pip-version-check"]
-    pip += ["-c", str(constraints)]
+    pip += ["-c", str(_constraints(root))]
     args = [*comfy_reqs, *EXTRA_HOST_REQUIREMENTS]
     for path in _requirement_files():
         if path.is_file():

@@ -219,14 +219,16 @@ def tiny_model(family: str) -> TinyModel:
         raise ValueError(f"unknown tiny model family {family!r}; known: {', '.join(FAMILIES)}") from None
 
 
-def _init_(module: torch.nn.Module, generator: torch.Generator) -> None:
-    """Explicit init (ComfyUI's ops skip it): fan-in scaled normals, unit norms, zero biases."""
+def _init_(module: torch.nn.Module, generator: torch.Generator, std: float | None = None) -> None:
+    """Explicit init (ComfyUI's ops skip it): normals (std `std`, else fan-in scaled), unit norms, zero biases."""
     for name, param in module.named_parameters():
         with torch.no_grad():
             if name.endswith("bias"):
                 param.zero_()
             elif param.ndim == 1:
                 param.fill_(1.0)
+            elif std is not None:
+                param.copy_(torch.randn(param.shape, generator=generator) * std)
             else:
                 fan_in = math.prod(param.shape[1:])
                 param.copy_(torch.randn(param.shape, generator=generator) / math.sqrt(fan_in))

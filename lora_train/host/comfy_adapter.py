@@ -17,6 +17,7 @@ the same way.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import uuid
 from collections.abc import Callable, Iterator
@@ -155,21 +156,29 @@ class ComfyHost:
         return tensors_identity(stage.state_dict().items(), f"{type(stage).__name__}:{self.vae.vae_dtype}")
 
     def _raw_latents(
-        self, item, index: int, bucket: tuple[int, int], cache: Any, vae_id: str, start: bool = False
+        self, item, bucket: tuple[int, int], cache: Any, vae_id: str, pixels: Callable, start: bool = False
     ) -> torch.Tensor:
         """The VAE's latents of one image (or clip) at its bucket size, or with `start` of its start-image video:
-        from the disk cache, or encoded (and stored)."""
+        from the disk cache, or encoded (and stored) from `pixels()`."""
         key = ""
         if cache is not None:
             key = latent_key(image_digest(item) + (f"; {START_PREPARE}" if start else ""), bucket, vae_id)
             cached = cache.get(key)
             if cached is not None:
                 return cached
-        pixels = self._pixels(item, index, bucket)
-        latents = self.vae.encode(torch.from_numpy(start_video(pixels) if start else pixels)).float().cpu()
+        frames = pixels()
+        latents = self.vae.encode(torch.from_numpy(start_video(frames) if start else frames)).float().cpu()
         if cache is not None:
             cache.put(key, latents)
         return latents
+
+    def _start_image(self, item, bucket: tuple[int, int], cache: Any, vae_id: str, pixels: Callable) -> dict:
+        """The start-image conditioning of one clip (its first frame), with its CLIP vision features where the
+        model reads them (as CLIPVisionEncode, crop center, gives them)."""
+        refs = start_conds(self._raw_latents(item, bucket, cache, vae_id, pixels, start=True))
+        if reads_clip_vision(self.model):
+            refs["clip_vision_output"] = self.clip_vision.encode_image(torch.from_numpy(pixels()[:1]), crop=True)
+        return refs
 
     def _pixels(self, item, index: int, bucket: tuple[int, int]):
         """An image (or a clip's frames) fitted to its bucket: one [frames, H, W, C] float array in 0..1 (video VAEs
@@ -234,15 +243,16 @@ class ComfyHost:
             if cfg.sample_every:  # before training loads the model: on a GPU, encoding later could evict it
                 self.preview_conditioning()
             for index, (item, bucket) in enumerate(zip(dataset.items, buckets, strict=True)):
-                raw = self._raw_latents(item, index, bucket, cache, vae_id)
+                pixels = functools.cache(functools.partial(self._pixels, item, index, bucket))  # decoded once
+                raw = self._raw_latents(item, bucket, cache, vae_id, pixels)
                 latents = self.model.model.process_latent_in(raw).float().cpu()
                 control = control_item(item)
-                refs = [self._raw_latents(control, index, bucket, cache, vae_id)] if control else None
+                refs = None
+                if control:
+                    control_pixels = functools.partial(self._pixels, control, index, bucket)
+                    refs = [self._raw_latents(control, bucket, cache, vae_id, control_pixels)]
                 if self.start_image:  # image-to-video: the clip's first frame is its start image
-                    refs = start_conds(self._raw_latents(item, index, bucket, cache, vae_id, start=True))
-                    if reads_clip_vision(self.model):  # as CLIPVisionEncode (crop center) gives them
-                        first = torch.from_numpy(self._pixels(item, index, bucket)[:1])
-                        refs["clip_vision_output"] = self.clip_vision.encode_image(first, crop=True)
+                    refs = self._start_image(item, bucket, cache, vae_id, pixels)
                 caption = caption_with_trigger(item.caption, cfg.trigger_word)
                 for text in (caption, ""):
                     if text not in texts:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
+from lora_train.host.start_image import takes_start_image
 from lora_train.training import TrainingError
 
 
@@ -140,7 +141,7 @@ def architecture(model, family: str, support: FamilySupport) -> str:
     Wan 2.2 A14B I2V by its input channels)."""
     if family == "SD20" and not predicts_v(model):
         return "stable-diffusion-v2-512/lora"
-    if family == "WAN21_T2V" and model.model.diffusion_model.patch_embedding.weight.shape[1] == 36:
+    if family == "WAN21_T2V" and takes_start_image(model):
         return "wan-2.2-i2v-a14b/lora"  # Wan 2.2 A14B I2V: Wan 2.1's blocks, a start image, no CLIP vision
     if family == "SD3":
         unet = model.model.model_config.unet_config

@@ -42,11 +42,6 @@ def compile_unavailable(device_type: str) -> str | None:
     return None
 
 
-def compile_units(root: torch.nn.Module) -> list[torch.nn.Module]:
-    """The blocks compiled one by one: the same units gradient checkpointing recomputes."""
-    return checkpoint_units(root)
-
-
 @contextlib.contextmanager
 def compiled_blocks(root: torch.nn.Module, enabled: bool, device: torch.device) -> Iterator[int]:
     """Compile each of `root`'s repeated blocks for the duration (yields how many; 0 when off or unavailable);
@@ -61,7 +56,7 @@ def compiled_blocks(root: torch.nn.Module, enabled: bool, device: torch.device) 
         return
     import torch._dynamo as dynamo
 
-    blocks = compile_units(root)
+    blocks = checkpoint_units(root)  # compiled one by one: the units gradient checkpointing recomputes
     for block in blocks:
         block.compile(dynamic=False)
     suppress, limit = dynamo.config.suppress_errors, dynamo.config.cache_size_limit

@@ -43,6 +43,21 @@ def train_logged(model, text, vae, dataset_dir: Path, out_dir: Path, output_name
     return result, "\n".join(handler.lines)
 
 
+def sample_tiny(model, text, prompt: str = "redstyle, a circle", seed: int = 7) -> torch.Tensor:
+    """KSampler's computation on `model` (ComfyUI's own sampler): euler, 2 steps, CFG 4, 64 px, `prompt` against
+    the empty negative encoded by `text` (a CLIP or its stand-in)."""
+    import comfy.sample
+
+    latent = comfy.sample.fix_empty_latent_channels(model, torch.zeros([1, 4, 8, 8]))
+    noise = comfy.sample.prepare_noise(latent, seed)
+    positive = text.encode_from_tokens_scheduled(text.tokenize(prompt))
+    negative = text.encode_from_tokens_scheduled(text.tokenize(""))
+    with torch.inference_mode():
+        return comfy.sample.sample(
+            model, noise, 2, 4.0, "euler", "normal", positive, negative, latent, disable_pbar=True, seed=seed
+        )
+
+
 def assert_diffusers_adds_the_same_updates(transformer, pipeline, lora_path: Path) -> None:
     """diffusers' loader (`pipeline.lora_state_dict` into `transformer`, built on the meta device at the tiny
     model's sizes) adapts exactly the file's modules, each with the update B @ A that ComfyUI's loader adds."""

@@ -32,9 +32,8 @@ def _nextdit_peft(key: str) -> bool:  # PEFT keys over NextDiT's names under dif
     return key.startswith(blocks) and key.endswith((".lora_A.weight", ".lora_B.weight"))
 
 
-def _zimage_peft(key: str) -> bool:  # ai-toolkit's Z-Image layout: diffusers names under diffusion_model.
-    blocks = ("diffusion_model.layers.", "diffusion_model.noise_refiner.", "diffusion_model.context_refiner.")
-    return key.startswith(blocks) and key.endswith((".lora_A.weight", ".lora_B.weight")) and ".qkv." not in key
+def _zimage_peft(key: str) -> bool:  # ai-toolkit's Z-Image layout: diffusers names (qkv split) under diffusion_model.
+    return _nextdit_peft(key) and ".qkv." not in key
 
 
 # Families with no tiny model on 0.3.75 (its detection pins Flux 2 at 48 heads; its TAEHV cannot encode).

@@ -17,23 +17,9 @@ from lora_train.dev.tiny_families import QWEN_TEXT_WIDTH, load_with_precomputed_
 from lora_train.host.comfy_adapter import ComfyHost, apply_lora
 from lora_train.training import train_lora
 from lora_train.training.config import TrainConfig
-from tests.host.inprocess import assert_diffusers_adds_the_same_updates, train_logged
+from tests.host.inprocess import assert_diffusers_adds_the_same_updates, sample_tiny, train_logged
 
 pytestmark = pytest.mark.host
-
-
-def _sample(model, text_encoder, seed: int = 7) -> torch.Tensor:
-    """KSampler's computation: euler, 2 steps, CFG 4, 64 px, on `model` (ComfyUI's own sampler)."""
-    import comfy.sample
-
-    latent = comfy.sample.fix_empty_latent_channels(model, torch.zeros([1, 4, 8, 8]))
-    noise = comfy.sample.prepare_noise(latent, seed)
-    positive = text_encoder.encode_from_tokens_scheduled("redstyle, a circle")
-    negative = text_encoder.encode_from_tokens_scheduled("")
-    with torch.inference_mode():
-        return comfy.sample.sample(
-            model, noise, 2, 4.0, "euler", "normal", positive, negative, latent, disable_pbar=True, seed=seed
-        )
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +45,7 @@ def test_qwen_image_trains_on_precomputed_text_and_its_diffusers_file_loads_in_c
         patched, _ = apply_lora(model, None, load_file(str(result.lora_path)), 1.0, 0.0)
     assert "lora key not loaded" not in caplog.text, caplog.text[-2000:]
     assert len(patched.patches) == len(keys) // 2, "every module of the file patches a weight"
-    before, after = _sample(model, text), _sample(patched, text)
+    before, after = sample_tiny(model, text), sample_tiny(patched, text)
     assert (after - before).abs().mean() > 1e-3, "the Qwen-Image LoRA did not change sampling"
 
 

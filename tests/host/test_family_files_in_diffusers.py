@@ -1,8 +1,8 @@
 """Files of the 2026 families whose naming diffusers has a loader for (Wan: musubi-tuner's kohya keys; Z-Image:
 ai-toolkit's `diffusion_model.` keys; Lumina 2: PEFT keys over its NextDiT names; Chroma and Flux 2: kohya's
-BFL-named keys) load into diffusers' own transformer
-with every module adapted and the same weight updates ComfyUI's loader adds. (Qwen-Image's and HiDream's:
-tests/host/test_families_precomputed.py, test_family_hidream.py.)"""
+BFL-named keys) load into diffusers' own transformer with every module adapted and the same weight updates
+ComfyUI's loader adds. (Qwen-Image's and HiDream's: tests/host/test_families_precomputed.py,
+test_family_hidream.py.)"""
 
 from __future__ import annotations
 

@@ -16,23 +16,9 @@ from safetensors.torch import load_file
 
 from lora_train.dev.tiny_families import TINY_HIDREAM, load_tiny_hidream
 from lora_train.host.comfy_adapter import apply_lora
-from tests.host.inprocess import assert_diffusers_adds_the_same_updates, train_logged
+from tests.host.inprocess import assert_diffusers_adds_the_same_updates, sample_tiny, train_logged
 
 pytestmark = pytest.mark.host
-
-
-def _sample(model, clip, prompt: str = "redstyle, a circle", seed: int = 7) -> torch.Tensor:
-    """KSampler's computation: euler, 2 steps, CFG 4, 64 px, on `model` (ComfyUI's own sampler)."""
-    import comfy.sample
-
-    latent = comfy.sample.fix_empty_latent_channels(model, torch.zeros([1, 4, 8, 8]))
-    noise = comfy.sample.prepare_noise(latent, seed)
-    positive = clip.encode_from_tokens_scheduled(clip.tokenize(prompt))
-    negative = clip.encode_from_tokens_scheduled(clip.tokenize(""))
-    with torch.inference_mode():
-        return comfy.sample.sample(
-            model, noise, 2, 4.0, "euler", "normal", positive, negative, latent, disable_pbar=True, seed=seed
-        )
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +45,7 @@ def test_hidream_trains_and_its_diffusers_named_file_loads_in_comfyui_and_change
         patched, _ = apply_lora(model, None, load_file(str(result.lora_path)), 1.0, 0.0)
     assert "lora key not loaded" not in caplog.text, caplog.text[-2000:]
     assert len(patched.patches) == len(keys) // 2, "every module of the file patches a weight"
-    before, after = _sample(model, clip), _sample(patched, clip)
+    before, after = sample_tiny(model, clip), sample_tiny(patched, clip)
     assert torch.isfinite(after).all()
     assert (after - before).abs().mean() > 1e-3, "the HiDream LoRA did not change sampling"
 

@@ -39,12 +39,17 @@ class LoRAAdapter(Adapter):
     def delta_weight(self, base_weight: Tensor | None = None) -> Tensor:
         return self.lora_weight()
 
-    def delta_output(self, x: Tensor, base_weight: Tensor | None = None) -> Tensor:
-        # Activation side: two thin matmuls instead of materialising a full-size weight every step.
+    def _down(self, x: Tensor, scale: float) -> tuple[Tensor, float]:
+        """The rank-wide hidden activation (dropout, then rank dropout in training) and the scale its up projection
+        takes (`scale` raised for the dropped ranks)."""
         hidden = self.lora_down(self.dropout(x))
-        scale = self.scale
         if self.training and self.rank_dropout > 0:
             hidden, scale = self.drop_ranks(hidden), scale / (1.0 - self.rank_dropout)
+        return hidden, scale
+
+    def delta_output(self, x: Tensor, base_weight: Tensor | None = None) -> Tensor:
+        # Activation side: two thin matmuls instead of materialising a full-size weight every step.
+        hidden, scale = self._down(x, self.scale)
         return self.lora_up(hidden) * scale
 
     def add_branch(
@@ -52,10 +57,7 @@ class LoRAAdapter(Adapter):
     ) -> Tensor:
         # The scale goes on the rank-wide hidden activation (not a full-size multiply), and for Linear targets the
         # up projection accumulates straight into the layer's output (one addmm instead of a matmul and an add).
-        hidden = self.lora_down(self.dropout(x))
-        scale = self.scale * multiplier
-        if self.training and self.rank_dropout > 0:
-            hidden, scale = self.drop_ranks(hidden), scale / (1.0 - self.rank_dropout)
+        hidden, scale = self._down(x, self.scale * multiplier)
         hidden = hidden * scale
         up = self.lora_up.weight
         same_type = torch.is_autocast_enabled(output.device.type) or output.dtype == hidden.dtype == up.dtype
